@@ -1,0 +1,1 @@
+//! The V8 side: isolates per worker script, Web APIs, `env` bindings, limits.
