@@ -13,6 +13,24 @@
 //! compiler built it.
 //!
 //! Depends on no other Cinder crate; `cinder-core` uses it (ids encode [`Jurisdiction::code`]).
+//!
+//! ```
+//! use cinder_placement::{executor_for, Jurisdiction, NodeId, NodeSpec, Ring};
+//!
+//! let ring = Ring::new([
+//!     NodeSpec::new(NodeId::new("fra-1")?).allow(Jurisdiction::Eu).region("eu-central"),
+//!     NodeSpec::new(NodeId::new("iad-1")?).weight(2).allow(Jurisdiction::Us),
+//! ])?;
+//! let id = [7u8; 32];
+//! let eu: Jurisdiction = "eu".parse()?;
+//! assert_eq!(ring.owner(&id, Some(eu))?.as_str(), "fra-1");
+//! assert!(ring.owner(&id, Some(Jurisdiction::Fedramp)).is_err()); // no fedramp node: no fallback
+//! let fallbacks: Vec<&NodeId> = ring.candidates(&id, None)?.collect();
+//! assert_eq!(fallbacks.len(), 2);
+//! assert!(executor_for(&id, 4) < 4);
+//! # Ok::<(), cinder_placement::PlacementError>(())
+//! ```
+//!
 //! Membership and ownership epochs (etcd) will live next to the ring; they are not here yet.
 
 mod error;
