@@ -252,10 +252,18 @@ def wrk(port: int, name: str, seconds: float, args, cpus: str | None) -> dict:
     if cpus is not None:
         argv = ["taskset", "-c", cpus, *argv]
     env = dict(os.environ, ECHO_BODY=str(ECHO_BODY))
-    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=seconds + 60)
-    if out.returncode != 0:
-        sys.exit(f"wrk failed: {out.stderr or out.stdout}")
-    text = out.stdout
+    # In its own process group and tracked like the servers, so an interrupted run stops it too.
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        text=True, env=env, start_new_session=True,
+    )
+    _children.append(proc)
+    try:
+        text, err = proc.communicate(timeout=seconds + 60)
+    finally:
+        stop(proc)
+    if proc.returncode != 0:
+        sys.exit(f"wrk failed: {err or text}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
