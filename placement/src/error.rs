@@ -36,6 +36,9 @@ pub enum PlacementError {
     /// A node id that is empty, too long or has characters outside the allowed set.
     #[error("invalid node id {0:?}: use 1 to 128 ASCII letters, digits, '-', '_', '.' or ':'")]
     InvalidNodeId(String),
+    /// An executor ring over more than [`crate::MAX_THREADS`] threads.
+    #[error("an executor ring takes at most {max} threads, not {0}", max = crate::MAX_THREADS)]
+    TooManyThreads(usize),
     /// An executor ring with no threads.
     #[error("an executor ring needs at least one thread")]
     NoThreads,

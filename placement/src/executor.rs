@@ -29,10 +29,7 @@ impl ExecutorRing {
             return Err(PlacementError::NoThreads);
         }
         if threads > MAX_THREADS {
-            return Err(PlacementError::TooManyVirtualNodes {
-                requested: threads as u128 * DEFAULT_VNODES_PER_WEIGHT as u128,
-                max: MAX_THREADS * DEFAULT_VNODES_PER_WEIGHT,
-            });
+            return Err(PlacementError::TooManyThreads(threads));
         }
         let members = (0..threads).map(|i| (ThreadIndex(i as u64), DEFAULT_VNODES_PER_WEIGHT));
         Ok(ExecutorRing {
@@ -72,9 +69,6 @@ pub fn executor_for(id: &[u8; 32], n_threads: usize) -> usize {
         static CACHED: RefCell<Option<ExecutorRing>> = const { RefCell::new(None) };
     }
     let n = n_threads.clamp(1, MAX_THREADS);
-    if n == 1 {
-        return 0;
-    }
     CACHED.with(|cell| {
         let mut cached = cell.borrow_mut();
         match &*cached {

@@ -287,6 +287,10 @@ fn bad_topologies_are_clear_errors() {
         Err(PlacementError::TooManyVirtualNodes { .. })
     ));
     assert_eq!(ExecutorRing::new(0).unwrap_err(), PlacementError::NoThreads);
+    assert_eq!(
+        ExecutorRing::new(cinder_placement::MAX_THREADS + 1).unwrap_err(),
+        PlacementError::TooManyThreads(cinder_placement::MAX_THREADS + 1)
+    );
 
     let ring = Ring::new([NodeSpec::new(node("a")).allow(Jurisdiction::Us)]).unwrap();
     let err = ring
