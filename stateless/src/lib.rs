@@ -1,1 +1,133 @@
-//! The V8 side: isolates per worker script, Web APIs, `env` bindings, limits.
+//! The V8 side of Cinder: isolates per worker script, ES module loading with wrangler
+//! `[[rules]]`, the Web-API globals (from the `deno_*` crates), the Workers-specific API
+//! (`export default { fetch, scheduled }`, `env`, `ctx`), and the CPU / heap limits.
+//!
+//! The gateway (`cinder-gateway`) builds a [`HostConfig`] from wrangler configuration and hands
+//! HTTP requests to [`Host::fetch`]. Requests cross from the gateway's multi-thread runtime over
+//! channels to executor threads; each executor owns a current-thread tokio runtime and one
+//! `deno_core::JsRuntime` per worker script, reused across requests.
+//!
+//! May depend on `deno_core` and the `deno_*` Web-API crates; later on `cinder-core` for
+//! Durable Objects. Never on the gateway.
+
+use std::path::PathBuf;
+
+mod host;
+
+pub use host::Host;
+
+/// A streaming HTTP body of `Bytes` chunks; the same type as `axum::body::Body`, so the gateway
+/// passes bodies through without conversion.
+pub type Body = axum_core::body::Body;
+
+/// One worker script, built by the gateway from wrangler configuration.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerSpec {
+    pub name: String,
+    /// Project directory; module specifiers resolve under it.
+    pub root: PathBuf,
+    /// Entry module (ES module), absolute or relative to `root`.
+    pub main: PathBuf,
+    /// wrangler `[[rules]]`, tried before the default rules.
+    pub rules: Vec<ModuleRule>,
+    pub compatibility_date: Option<String>,
+    pub compatibility_flags: Vec<String>,
+    /// `vars` (strings stay strings, other JSON values become objects) and secrets.
+    pub vars: Vec<(String, serde_json::Value)>,
+    pub services: Vec<ServiceBinding>,
+    /// `limits.cpu_ms`; `None` means [`DEFAULT_CPU_MS`].
+    pub cpu_ms: Option<u64>,
+    /// `triggers.crons`.
+    pub crons: Vec<String>,
+}
+
+/// CPU time allowed per event when the config sets none (Cloudflare's paid-plan default).
+pub const DEFAULT_CPU_MS: u64 = 30_000;
+
+/// Heap limit per isolate when the config sets none.
+pub const DEFAULT_HEAP_LIMIT_BYTES: usize = 128 * 1024 * 1024;
+
+/// A wrangler `[[rules]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleRule {
+    pub kind: ModuleKind,
+    pub globs: Vec<String>,
+    /// When false, later rules of the same kind (including the defaults) are ignored.
+    pub fallthrough: bool,
+}
+
+/// How an imported file becomes a module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModuleKind {
+    ESModule,
+    /// Default export: the file's text.
+    Text,
+    /// Default export: an `ArrayBuffer` of the file's bytes.
+    Data,
+    /// Default export: a `WebAssembly.Module`.
+    CompiledWasm,
+}
+
+/// A service binding: `env.<binding>.fetch(req)` calls worker `service` of the same [`Host`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceBinding {
+    pub binding: String,
+    pub service: String,
+    pub entrypoint: Option<String>,
+}
+
+/// Everything [`Host::start`] needs.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub workers: Vec<WorkerSpec>,
+    /// Executor threads; 0 means one per available core.
+    pub threads: usize,
+    /// Let the global `fetch()` reach loopback, private and link-local addresses.
+    pub allow_private_fetch: bool,
+    pub heap_limit_bytes: usize,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            workers: Vec::new(),
+            threads: 0,
+            allow_private_fetch: false,
+            heap_limit_bytes: DEFAULT_HEAP_LIMIT_BYTES,
+        }
+    }
+}
+
+/// A worker script could not be loaded. `Display` names the file and, where known, the line.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{file}:{line}: {message}")]
+    Script {
+        file: PathBuf,
+        line: u32,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    File { file: PathBuf, message: String },
+    #[error("worker {worker:?}: {message}")]
+    Config { worker: String, message: String },
+    #[error("could not start executor threads: {0}")]
+    Thread(String),
+}
+
+/// An event other than `fetch` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("no worker named {0:?}")]
+    NoSuchWorker(String),
+    #[error("worker {worker:?} has no {handler} handler")]
+    NoHandler { worker: String, handler: &'static str },
+    #[error("worker {worker:?} threw: {message}")]
+    Exception { worker: String, message: String },
+    #[error("Worker exceeded CPU time limit.")]
+    CpuLimit,
+    #[error("Worker exceeded memory limit.")]
+    MemoryLimit,
+    #[error("the host is shut down")]
+    Shutdown,
+}
