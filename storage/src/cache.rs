@@ -1,0 +1,175 @@
+//! The node-wide read cache: recently read and written keys answered from memory.
+//!
+//! It holds only values that fjall has committed (never a turn's unflushed writes, which the
+//! object's own overlay answers), so a rolled-back transaction or a discarded turn can never
+//! leave anything behind here. Writers update the entries of every key they commit, under the
+//! shard lock, right after fjall accepted the batch. A reader that missed fills the entry only
+//! if no write touched the shard since it started reading fjall, so a slow reader can never
+//! put back a value older than a concurrent write.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+const SHARDS: usize = 16;
+/// Per-entry bookkeeping charged against the budget besides key and value bytes.
+const ENTRY_OVERHEAD: usize = 64;
+
+pub(crate) struct ReadCache {
+    shards: Vec<Mutex<Shard>>,
+    hasher: std::collections::hash_map::RandomState,
+    shard_budget: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Key → (value or known absence, LRU tick).
+    map: HashMap<Vec<u8>, (Option<Bytes>, u64)>,
+    /// LRU order: tick → key.
+    order: BTreeMap<u64, Vec<u8>>,
+    tick: u64,
+    bytes: usize,
+    /// Bumped by every write; fills carry the epoch they started at.
+    epoch: u64,
+}
+
+/// A reader's token from [`ReadCache::lookup`]: the shard epoch when fjall was consulted.
+pub(crate) struct FillToken {
+    shard: usize,
+    epoch: u64,
+}
+
+fn cost(key: &[u8], value: &Option<Bytes>) -> usize {
+    key.len() + value.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD
+}
+
+impl Shard {
+    fn remove(&mut self, key: &[u8]) {
+        if let Some((v, tick)) = self.map.remove(key) {
+            self.order.remove(&tick);
+            self.bytes -= cost(key, &v);
+        }
+    }
+
+    fn insert(&mut self, key: Vec<u8>, value: Option<Bytes>, budget: usize) {
+        self.remove(&key);
+        let c = cost(&key, &value);
+        if c > budget {
+            return;
+        }
+        while self.bytes + c > budget {
+            let Some((_, victim)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((v, _)) = self.map.remove(&victim) {
+                self.bytes -= cost(&victim, &v);
+            }
+        }
+        self.tick += 1;
+        self.order.insert(self.tick, key.clone());
+        self.map.insert(key, (value, self.tick));
+        self.bytes += c;
+    }
+}
+
+impl ReadCache {
+    pub(crate) fn new(budget: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: Default::default(),
+            shard_budget: budget / SHARDS,
+        }
+    }
+
+    fn shard_of(&self, key: &[u8]) -> usize {
+        let mut h = self.hasher.build_hasher();
+        key.hash(&mut h);
+        (h.finish() as usize) % SHARDS
+    }
+
+    fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Ok(entry)` on a hit (`None` inside = known absent); on a miss, a token for [`Self::fill`].
+    pub(crate) fn lookup(&self, key: &[u8]) -> Result<Option<Bytes>, FillToken> {
+        let i = self.shard_of(key);
+        let mut sh = self.shard(i);
+        sh.tick += 1;
+        let tick = sh.tick;
+        let hit = match sh.map.get_mut(key) {
+            Some((v, t)) => {
+                let old = std::mem::replace(t, tick);
+                Some((v.clone(), old))
+            }
+            None => None,
+        };
+        match hit {
+            Some((v, old)) => {
+                if let Some(k) = sh.order.remove(&old) {
+                    sh.order.insert(tick, k);
+                }
+                Ok(v)
+            }
+            None => Err(FillToken {
+                shard: i,
+                epoch: sh.epoch,
+            }),
+        }
+    }
+
+    /// Every shard's epoch, for a reader about to scan a range.
+    pub(crate) fn epochs(&self) -> Vec<u64> {
+        (0..SHARDS).map(|i| self.shard(i).epoch).collect()
+    }
+
+    /// [`Self::fill`] with epochs taken by [`Self::epochs`] before the scan.
+    pub(crate) fn fill_at(&self, epochs: &[u64], key: Vec<u8>, value: Option<Bytes>) {
+        let shard = self.shard_of(&key);
+        self.fill(
+            FillToken {
+                shard,
+                epoch: epochs[shard],
+            },
+            key,
+            value,
+        );
+    }
+
+    /// Remembers what fjall returned, unless a write raced with the read.
+    pub(crate) fn fill(&self, token: FillToken, key: Vec<u8>, value: Option<Bytes>) {
+        if self.shard_budget == 0 {
+            return;
+        }
+        let mut sh = self.shard(token.shard);
+        if sh.epoch == token.epoch {
+            sh.insert(key, value, self.shard_budget);
+        }
+    }
+
+    /// Records a committed write (`None` = deleted). Call after fjall accepted the batch.
+    pub(crate) fn write(&self, key: Vec<u8>, value: Option<Bytes>) {
+        let i = self.shard_of(&key);
+        let mut sh = self.shard(i);
+        sh.epoch += 1;
+        if self.shard_budget == 0 {
+            return;
+        }
+        sh.insert(key, value, self.shard_budget);
+    }
+
+    /// Forgets a key (used for writes whose value should not displace hot entries).
+    pub(crate) fn invalidate(&self, key: &[u8]) {
+        let i = self.shard_of(key);
+        let mut sh = self.shard(i);
+        sh.epoch += 1;
+        sh.remove(key);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        (0..SHARDS).map(|i| self.shard(i).bytes).sum()
+    }
+}

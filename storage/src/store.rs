@@ -1,0 +1,218 @@
+//! The node's store: one fjall database shared by every object, the group committer and the
+//! read cache.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use crate::alarm::{self, StoreMeta, STORE_FORMAT};
+use crate::cache::ReadCache;
+use crate::commit::{Committer, DurabilityHold, SyncStats};
+use crate::error::StorageError;
+use crate::keys::ObjectId;
+use crate::object::ObjectStorage;
+
+/// What "durable" means for a node. Chosen once per node; both modes are honest about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// A batch is confirmed after `fdatasync` of the journal: survives power loss and kernel
+    /// crashes. The default.
+    #[default]
+    Fsync,
+    /// A batch is confirmed once the journal bytes are handed to the kernel (`write(2)`, no
+    /// fsync): survives a crash or `kill -9` of the process, but NOT power loss or a kernel
+    /// crash, which may lose the last confirmed batches (never a batch in part).
+    Process,
+}
+
+/// Node storage configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub durability: Durability,
+    /// Budget of the read cache in bytes (keys + values + bookkeeping). Default 64 MiB.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Fsync,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Engine knobs outside the agreed configuration: for tests that must reach fjall's memtable
+/// flush and journal rotation quickly, and for the benchmark's one-fsync-per-batch baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreTuning {
+    /// Memtable size of the objects keyspace (fjall default 64 MiB). Each rotation also seals
+    /// the journal file, so a small value makes journals rotate and memtables flush often.
+    pub max_memtable_bytes: Option<u64>,
+    /// fjall block cache size (fjall default 32 MiB).
+    pub block_cache_bytes: Option<u64>,
+    /// Baseline for benchmarks: `flush()` persists each batch synchronously with its own fsync
+    /// (inside fjall's commit) instead of going through the group committer.
+    pub sync_each_batch: bool,
+}
+
+/// One per node; share it as `Arc<Store>`. Send + Sync.
+pub struct Store {
+    pub(crate) db: Database,
+    pub(crate) data: Keyspace,
+    pub(crate) alarms: Keyspace,
+    pub(crate) committer: Committer,
+    pub(crate) cache: ReadCache,
+    pub(crate) durability: Durability,
+    pub(crate) sync_each_batch: bool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the node's database in `dir`, recovering from the journal after a
+    /// crash.
+    pub fn open(dir: &Path, cfg: StoreConfig) -> Result<Arc<Store>, StorageError> {
+        Self::open_tuned(dir, cfg, StoreTuning::default())
+    }
+
+    /// [`Store::open`] with engine knobs (tests, benchmarks).
+    pub fn open_tuned(
+        dir: &Path,
+        cfg: StoreConfig,
+        tuning: StoreTuning,
+    ) -> Result<Arc<Store>, StorageError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError::Engine(format!("creating {}: {e}", dir.display())))?;
+        let mut builder = Database::builder(dir);
+        if let Some(b) = tuning.block_cache_bytes {
+            builder = builder.cache_size(b);
+        }
+        let db = builder.open()?;
+        let memtable = tuning.max_memtable_bytes;
+        let data = db.keyspace("objects", || {
+            let o = KeyspaceCreateOptions::default();
+            match memtable {
+                Some(b) => o.max_memtable_size(b),
+                None => o,
+            }
+        })?;
+        let alarms = db.keyspace("alarms", KeyspaceCreateOptions::default)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        match meta.get("store")? {
+            Some(raw) => {
+                let m = alarm::decode_meta(&raw)?;
+                if m.format != STORE_FORMAT {
+                    return Err(StorageError::Corrupt(format!(
+                        "store format {} (this build reads {STORE_FORMAT})",
+                        m.format
+                    )));
+                }
+            }
+            None => {
+                meta.insert(
+                    "store",
+                    alarm::encode_meta(&StoreMeta {
+                        format: STORE_FORMAT,
+                    })?,
+                )?;
+                db.persist(PersistMode::SyncAll)?;
+            }
+        }
+        let committer = Committer::start(db.clone(), persist_mode(cfg.durability))
+            .map_err(|e| StorageError::Engine(format!("starting syncer thread: {e}")))?;
+        Ok(Arc::new(Store {
+            db,
+            data,
+            alarms,
+            committer,
+            cache: ReadCache::new(cfg.cache_bytes),
+            durability: cfg.durability,
+            sync_each_batch: tuning.sync_each_batch,
+        }))
+    }
+
+    /// The storage of one object. Clones of the returned handle share one turn buffer; make
+    /// one handle per live object (two independent handles for the same id would each buffer
+    /// their own turn).
+    pub fn object(self: &Arc<Self>, id: ObjectId) -> ObjectStorage {
+        ObjectStorage::new(self.clone(), id)
+    }
+
+    /// Every scheduled alarm, as `(object id, ms since epoch)`, earliest first.
+    pub fn alarms(&self) -> Result<Vec<(ObjectId, i64)>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.alarms.iter() {
+            let (k, v) = item.into_inner()?;
+            let id: ObjectId = k[..]
+                .try_into()
+                .map_err(|_| StorageError::Corrupt(format!("alarm key of {} bytes", k.len())))?;
+            out.push((id, alarm::decode_alarm(&v)?));
+        }
+        out.sort_by_key(|&(id, at)| (at, id));
+        Ok(out)
+    }
+
+    /// TEST HOOK: while the guard lives, no batch is confirmed durable.
+    pub fn hold_durability(&self) -> DurabilityHold {
+        self.committer.hold()
+    }
+
+    /// The node's durability mode.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Counters of the group committer (number of fsyncs and time spent in them).
+    pub fn sync_stats(&self) -> SyncStats {
+        self.committer.stats()
+    }
+
+    pub(crate) fn persist_mode(&self) -> PersistMode {
+        persist_mode(self.durability)
+    }
+
+    /// Reads one committed value, through the cache unless `no_cache`.
+    pub(crate) fn read(&self, key: Vec<u8>, no_cache: bool) -> Result<Option<Bytes>, StorageError> {
+        if no_cache {
+            return Ok(self.data.get(&key)?.map(Bytes::from));
+        }
+        match self.cache.lookup(&key) {
+            Ok(v) => Ok(v),
+            Err(token) => {
+                let v = self.data.get(&key)?.map(Bytes::from);
+                self.cache.fill(token, key, v.clone());
+                Ok(v)
+            }
+        }
+    }
+
+    pub(crate) fn read_alarm(&self, id: &ObjectId) -> Result<Option<i64>, StorageError> {
+        match self.alarms.get(id)? {
+            Some(raw) => Ok(Some(alarm::decode_alarm(&raw)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Let the syncer make everything committed durable (or fail it) before fjall closes.
+        self.committer.shutdown();
+    }
+}
+
+fn persist_mode(d: Durability) -> PersistMode {
+    match d {
+        Durability::Fsync => PersistMode::SyncData,
+        Durability::Process => PersistMode::Buffer,
+    }
+}
