@@ -22,6 +22,7 @@ import argparse
 import atexit
 import http.client
 import json
+import math
 import os
 import re
 import shutil
@@ -344,8 +345,7 @@ def throughput(args, cinder: Path | None, tmp: Path) -> list[dict]:
 def pct(xs: list[float], p: float) -> float:
     """Nearest-rank percentile."""
     s = sorted(xs)
-    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
-    return s[k]
+    return s[min(max(math.ceil(p / 100 * len(s)), 1), len(s)) - 1]
 
 
 def fmt_ms(xs: list[float]) -> str:
@@ -419,28 +419,34 @@ def cold_start(args, cinder: Path | None, tmp: Path) -> None:
             args.startup_runs, server_cpus, tmp, "cinder",
         )
         print(f"  cinder dev    {fmt_ms(ctimes)}")
-        probe = cinder_probe()
+        probe = find_binary("CINDER_COLD_START", "cold_start")
         if probe is None:
-            print("cinder, new isolate from the snapshot: no probe in the cinder binary yet; not measured.")
+            print("cinder, new isolate from the snapshot: cold_start binary not built "
+                  "(cargo build --release -p cinder-bench --features workers --bin cold_start); not measured.")
         else:
-            print("cinder, new isolate from the snapshot to first response (in-process probe):")
-            ns = probe(args.cold_samples)
-            print(f"  {fmt_ms(ns)}")
-
-
-def cinder_probe():
-    """Hook for an in-process isolate probe (e.g. a `cinder bench cold-start` command)."""
-    return None
+            print(f"cinder, new isolate from the snapshot to its first response (Host::cold_start_probe via {probe}):")
+            argv = [str(probe), "--root", str(project), "--samples", str(args.cold_samples),
+                    "--compatibility-date", compat_date(project)]
+            if server_cpus is not None:
+                argv = ["taskset", "-c", server_cpus, *argv]
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+            line = next((l for l in out.stdout.splitlines() if l.startswith("cold_start ")), None)
+            if out.returncode != 0 or line is None:
+                print(f"  probe failed ({out.returncode}): {(out.stderr or out.stdout).strip()[-2000:]}")
+            else:
+                f = dict(kv.split("=") for kv in line.split()[1:])
+                print(f"  p50 {float(f['p50_ms']):8.3f} ms  p99 {float(f['p99_ms']):8.3f} ms  "
+                      f"min {float(f['min_ms']):.3f} ms  max {float(f['max_ms']):.3f} ms  (n={f['n']})")
 
 
 # ---------------------------------------------------------------- main
 
 
-def find_cinder(explicit: str | None) -> Path | None:
-    candidates = [explicit, os.environ.get("CINDER")]
+def find_binary(env_var: str, name: str, explicit: str | None = None) -> Path | None:
+    candidates = [explicit, os.environ.get(env_var)]
     if os.environ.get("CARGO_TARGET_DIR"):
-        candidates.append(str(Path(os.environ["CARGO_TARGET_DIR"]) / "release" / "cinder"))
-    candidates.append(str(REPO / "target" / "release" / "cinder"))
+        candidates.append(str(Path(os.environ["CARGO_TARGET_DIR"]) / "release" / name))
+    candidates.append(str(REPO / "target" / "release" / name))
     for c in candidates:
         if c and Path(c).is_file() and os.access(c, os.X_OK):
             return Path(c).resolve()
@@ -477,7 +483,7 @@ def main() -> None:
     if args.pin == "split" and (os.cpu_count() or 1) < 2:
         sys.exit("--pin split needs 2 CPUs")
 
-    cinder = None if args.workerd_only else find_cinder(args.cinder)
+    cinder = None if args.workerd_only else find_binary("CINDER", "cinder", args.cinder)
     if cinder is None and not args.workerd_only:
         print("cinder binary not found (build it with `cargo build --release -p cinder-gateway`); workerd only.")
     version = subprocess.run([str(WORKERD), "--version"], capture_output=True, text=True).stdout.strip()
