@@ -8,7 +8,7 @@
 //! put back a value older than a concurrent write.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -84,9 +84,7 @@ impl ReadCache {
     }
 
     fn shard_of(&self, key: &[u8]) -> usize {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        (h.finish() as usize) % SHARDS
+        (self.hasher.hash_one(key) as usize) % SHARDS
     }
 
     fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
@@ -171,5 +169,43 @@ impl ReadCache {
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
         (0..SHARDS).map(|i| self.shard(i).bytes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stays_within_budget_and_evicts_least_recent() {
+        let c = ReadCache::new(16 * 1024);
+        for i in 0..1000u32 {
+            c.write(i.to_be_bytes().to_vec(), Some(Bytes::from(vec![0; 100])));
+            assert!(c.bytes() <= 16 * 1024);
+        }
+        // The most recent write is still there; the first ones were evicted.
+        assert!(c.lookup(&999u32.to_be_bytes()).is_ok());
+        assert!(c.lookup(&0u32.to_be_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_fill_that_raced_with_a_write_is_dropped() {
+        let c = ReadCache::new(1 << 20);
+        let key = b"k".to_vec();
+        let token = c.lookup(&key).unwrap_err();
+        // A writer commits a newer value while the reader is in fjall.
+        c.write(key.clone(), Some(Bytes::from_static(b"new")));
+        c.fill(token, key.clone(), Some(Bytes::from_static(b"old")));
+        assert_eq!(c.lookup(&key).ok().flatten().as_deref(), Some(&b"new"[..]));
+    }
+
+    #[test]
+    fn zero_budget_caches_nothing() {
+        let c = ReadCache::new(0);
+        c.write(b"k".to_vec(), Some(Bytes::from_static(b"v")));
+        let t = c.lookup(b"k").unwrap_err();
+        c.fill(t, b"k".to_vec(), None);
+        assert!(c.lookup(b"k").is_err());
+        assert_eq!(c.bytes(), 0);
     }
 }

@@ -27,5 +27,5 @@ pub use keys::{ObjectId, Section};
 pub use limits::{ENFORCED_MAX_VALUE_BYTES, MAX_KEYS_PER_CALL, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use list::ListOptions;
 pub use object::{ObjectStorage, ReadOptions};
-pub use store::{Durability, Store, StoreConfig, StoreTuning};
+pub use store::{Durability, EngineStats, Store, StoreConfig, StoreTuning};
 pub use transaction::Transaction;

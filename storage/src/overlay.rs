@@ -90,13 +90,30 @@ impl View<'_> {
         let epochs = (!no_cache).then(|| self.store.cache.epochs());
         let limit = limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
+        let mut committed = Vec::new();
         if reverse {
-            merge(db.rev(), overlay.into_iter().rev(), true, limit, &mut out)?;
+            merge(
+                db.rev(),
+                overlay.into_iter().rev(),
+                true,
+                limit,
+                &mut out,
+                &mut committed,
+            )?;
         } else {
-            merge(db, overlay.into_iter(), false, limit, &mut out)?;
+            merge(
+                db,
+                overlay.into_iter(),
+                false,
+                limit,
+                &mut out,
+                &mut committed,
+            )?;
         }
+        // Only entries that came from fjall may enter the cache: the overlay's are unflushed.
         if let Some(epochs) = epochs {
-            for (k, v) in &out {
+            for i in committed {
+                let (k, v) = &out[i];
                 self.store
                     .cache
                     .fill_at(&epochs, keys::full(self.id, k), Some(v.clone()));
@@ -127,6 +144,7 @@ fn merge<'o>(
     reverse: bool,
     limit: usize,
     out: &mut Vec<(Vec<u8>, Bytes)>,
+    committed: &mut Vec<usize>,
 ) -> Result<(), StorageError> {
     let mut db = db.peekable_kv();
     let mut ov = overlay.peekable();
@@ -148,12 +166,11 @@ fn merge<'o>(
             }
         };
         if take_overlay {
-            if let Some((k, v)) = ov.next() {
-                if let Some(v) = v {
-                    out.push((k.to_vec(), v.clone()));
-                }
+            if let Some((k, Some(v))) = ov.next() {
+                out.push((k.to_vec(), v.clone()));
             }
         } else if let Some((k, v)) = db.take()? {
+            committed.push(out.len());
             out.push((k[ID_LEN..].to_vec(), Bytes::from(v)));
         }
     }
