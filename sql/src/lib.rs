@@ -1,1 +1,36 @@
-//! SQLite whose pages live in fjall. Depends on `cinder-storage`; never links V8.
+//! SQLite whose pages live in fjall: the engine behind `ctx.storage.sql` and D1.
+//!
+//! Each SQLite-backed object gets one SQLite connection ([`SqlStorage`]) whose database file is
+//! a key range of the node's single fjall store ([`vfs`]): no file, no descriptor, no journal or
+//! WAL. Every page SQLite writes goes into the object's turn batch, so SQL commits join the same
+//! atomic batch, group commit and output gate as the object's KV writes and alarms; the module
+//! doc of [`vfs`] argues why that batch replaces SQLite's journal for crash safety.
+//!
+//! On top sit Cloudflare's semantics: [`SqlStorage::exec`] returns a [`Cursor`]
+//! (`one`, `raw`, `to_array`, `column_names`, `rows_read`, `rows_written`), several statements
+//! per call, [`SqlStorage::transaction_sync`], [`SqlStorage::database_size`], refusals decided
+//! by a SQLite authorizer ([`auth`]) with workerd's texts ([`error`]), and the KV API stored in
+//! the hidden `_cf_KV` table ([`kv`]).
+//!
+//! Memory: each connection keeps at most [`SqlConfig::cache_kib`] of page cache, all SQLite
+//! memory of the node is under one soft limit ([`set_memory_budget`]), and an idle object can
+//! give its cache back ([`SqlStorage::release_memory`]) or be dropped entirely.
+//!
+//! `rows_read` is an approximation: workerd counts rows with a patch to SQLite that the bundled
+//! SQLite lacks; here it is full-scan steps + rows returned + rows written.
+//!
+//! Depends on cinder-storage (the turn batch), rusqlite/libsqlite3-sys (bundled SQLite),
+//! bytes, thiserror, tracing. No V8, no cinder-core.
+
+pub mod auth;
+mod cursor;
+mod db;
+pub mod error;
+pub mod kv;
+mod stmt;
+pub mod vfs;
+
+pub use cursor::{Cursor, Row, SqlValue};
+pub use db::{memory_used, set_memory_budget, SqlConfig, SqlStorage, DEFAULT_MEMORY_BUDGET};
+pub use error::SqlError;
+pub use kv::Kv;

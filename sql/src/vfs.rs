@@ -1,0 +1,557 @@
+//! A SQLite VFS whose main database file is a range of keys in the node's fjall store.
+//!
+//! # Why `libsqlite3-sys` directly (not `sqlite-plugin`)
+//! The VFS is ~300 lines of `extern "C"` callbacks over one C struct; writing them against
+//! `libsqlite3-sys` registers the VFS in *the same* bundled SQLite that rusqlite links, with no
+//! second copy of the bindings, no `bindgen`/libclang at build time (sqlite-plugin 0.11 needs
+//! both), and no coupling of our rusqlite version to the plugin's (it pins rusqlite 0.38 in its
+//! own tests). We need only a handful of callbacks and full control over `xOpen` (handing the
+//! object's storage to the file) and `xSync` (a no-op: durability is the turn batch's job).
+//!
+//! # Layout
+//! Under the object's [`Section::Sql`]: `b"p" ‖ u32 BE chunk index` holds 4,096-byte chunks of
+//! the database file (SQLite's page size is pinned to 4,096, so a chunk is a page), and `b"z"`
+//! holds the file size as a `u64` LE. No file descriptor exists per database: every read is
+//! `raw_get` (this turn's writes, then the read cache, then fjall) and every write is a
+//! `raw_put` into the object's turn batch.
+//!
+//! # Why the turn batch makes a rollback journal unnecessary
+//! The connection runs with `journal_mode=MEMORY`, `locking_mode=EXCLUSIVE`,
+//! `synchronous=OFF`, `temp_store=MEMORY`: SQLite keeps the undo log of the open transaction in
+//! RAM (so `ROLLBACK`, savepoints and statement rollback still work, including after a cache
+//! spill wrote uncommitted pages into the batch: the rollback writes the old pages back), and
+//! never creates a `-journal` or `-wal` file. A page written by SQLite reaches fjall only when
+//! the object's turn batch is flushed, which happens *between* SQLite transactions (the SQL API
+//! never leaves one open across calls), and the batch is applied atomically by fjall. So after
+//! a crash the database is exactly the state at the end of some flushed turn: every confirmed
+//! transaction is there and no transaction is there in part. That is the job a rollback
+//! journal or WAL does for a file, done instead by the batch that also carries the object's KV
+//! writes, alarms and every other engine's writes of the turn.
+//!
+//! Non-main files (if SQLite ever opens one: with `temp_store=MEMORY` and the memory journal it
+//! should not) live in process memory and vanish on close.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ptr;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use cinder_storage::{ObjectStorage, Section};
+use libsqlite3_sys as ffi;
+
+/// Registered name of the VFS.
+pub(crate) const VFS_NAME: &str = "cinder";
+const VFS_NAME_C: &CStr = c"cinder";
+
+/// Bytes per stored chunk; equal to the pinned SQLite page size.
+pub(crate) const CHUNK: u64 = 4096;
+const SIZE_KEY: &[u8] = b"z";
+const PAGE_PREFIX: u8 = b'p';
+
+fn chunk_key(index: u64) -> [u8; 5] {
+    let i = u32::try_from(index).unwrap_or(u32::MAX).to_be_bytes();
+    [PAGE_PREFIX, i[0], i[1], i[2], i[3]]
+}
+
+thread_local! {
+    /// The storage the next main-database `xOpen` on this thread belongs to. `sqlite3_open_v2`
+    /// opens the main file synchronously, so [`open_with`] sets this just around the call.
+    static OPENING: RefCell<Option<ObjectStorage>> = const { RefCell::new(None) };
+}
+
+/// Runs `open` (which must call `sqlite3_open_v2` with [`VFS_NAME`]) so that the main database
+/// file it opens is backed by `storage`.
+pub(crate) fn open_with<T>(storage: ObjectStorage, open: impl FnOnce() -> T) -> T {
+    OPENING.with(|o| *o.borrow_mut() = Some(storage));
+    let out = open();
+    OPENING.with(|o| o.borrow_mut().take());
+    out
+}
+
+/// Registers the VFS once per process. Returns SQLite's result code on failure.
+pub(crate) fn register() -> Result<(), c_int> {
+    static RC: OnceLock<c_int> = OnceLock::new();
+    let rc = *RC.get_or_init(|| unsafe {
+        let rc = ffi::sqlite3_initialize();
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        let default = ffi::sqlite3_vfs_find(ptr::null());
+        if default.is_null() {
+            return ffi::SQLITE_ERROR;
+        }
+        let vfs = Box::new(ffi::sqlite3_vfs {
+            iVersion: 2,
+            szOsFile: std::mem::size_of::<File>() as c_int,
+            mxPathname: 512,
+            pNext: ptr::null_mut(),
+            zName: VFS_NAME_C.as_ptr(),
+            pAppData: default.cast(),
+            xOpen: Some(x_open),
+            xDelete: Some(x_delete),
+            xAccess: Some(x_access),
+            xFullPathname: Some(x_full_pathname),
+            xDlOpen: Some(x_dl_open),
+            xDlError: Some(x_dl_error),
+            xDlSym: Some(x_dl_sym),
+            xDlClose: Some(x_dl_close),
+            xRandomness: Some(x_randomness),
+            xSleep: Some(x_sleep),
+            xCurrentTime: Some(x_current_time),
+            xGetLastError: Some(x_get_last_error),
+            xCurrentTimeInt64: Some(x_current_time_int64),
+            xSetSystemCall: None,
+            xGetSystemCall: None,
+            xNextSystemCall: None,
+        });
+        ffi::sqlite3_vfs_register(Box::into_raw(vfs), 0)
+    });
+    if rc == ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(rc)
+    }
+}
+
+/// The `sqlite3_file` SQLite allocates for us (`szOsFile` bytes); `base` must come first.
+#[repr(C)]
+struct File {
+    base: ffi::sqlite3_file,
+    state: *mut FileState,
+}
+
+enum FileState {
+    Pages(PageFile),
+    Memory(Vec<u8>),
+}
+
+/// The main database file of one object.
+struct PageFile {
+    storage: ObjectStorage,
+    size: u64,
+}
+
+impl PageFile {
+    fn open(storage: ObjectStorage) -> Result<Self, cinder_storage::StorageError> {
+        let size = match storage.raw_get(Section::Sql, SIZE_KEY)? {
+            Some(b) if b.len() == 8 => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&b);
+                u64::from_le_bytes(a)
+            }
+            Some(b) => {
+                return Err(cinder_storage::StorageError::Corrupt(format!(
+                    "SQL file size record has {} bytes",
+                    b.len()
+                )))
+            }
+            None => 0,
+        };
+        Ok(Self { storage, size })
+    }
+
+    fn chunk(&self, index: u64) -> Result<Option<Bytes>, cinder_storage::StorageError> {
+        self.storage.raw_get(Section::Sql, &chunk_key(index))
+    }
+
+    /// Fills `buf` from `offset`; returns false if the file ended first (rest zero-filled).
+    fn read(&self, buf: &mut [u8], offset: u64) -> Result<bool, cinder_storage::StorageError> {
+        buf.fill(0);
+        let end = offset + buf.len() as u64;
+        let avail = end.min(self.size);
+        if avail > offset {
+            for index in offset / CHUNK..=(avail - 1) / CHUNK {
+                let Some(data) = self.chunk(index)? else { continue };
+                let c_start = index * CHUNK;
+                let lo = offset.max(c_start);
+                let hi = avail.min(c_start + data.len() as u64);
+                if hi > lo {
+                    buf[(lo - offset) as usize..(hi - offset) as usize]
+                        .copy_from_slice(&data[(lo - c_start) as usize..(hi - c_start) as usize]);
+                }
+            }
+        }
+        Ok(end <= self.size)
+    }
+
+    fn write(&mut self, buf: &[u8], offset: u64) -> Result<(), cinder_storage::StorageError> {
+        let end = offset + buf.len() as u64;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        for index in offset / CHUNK..=(end - 1) / CHUNK {
+            let c_start = index * CHUNK;
+            let lo = offset.max(c_start);
+            let hi = end.min(c_start + CHUNK);
+            let src = &buf[(lo - offset) as usize..(hi - offset) as usize];
+            let value = if lo == c_start && hi == c_start + CHUNK {
+                Bytes::copy_from_slice(src)
+            } else {
+                // Partial chunk: read-modify-write. SQLite writes whole pages to the main file,
+                // so this only runs for the 100-byte header probes of odd callers.
+                let mut data = vec![0u8; CHUNK as usize];
+                if c_start < self.size {
+                    if let Some(old) = self.chunk(index)? {
+                        data[..old.len()].copy_from_slice(&old);
+                    }
+                }
+                data[(lo - c_start) as usize..(hi - c_start) as usize].copy_from_slice(src);
+                Bytes::from(data)
+            };
+            self.storage
+                .raw_put(Section::Sql, &chunk_key(index), value);
+        }
+        if end > self.size {
+            self.set_size(end);
+        }
+        Ok(())
+    }
+
+    fn truncate(&mut self, size: u64) -> Result<(), cinder_storage::StorageError> {
+        if size >= self.size {
+            return Ok(());
+        }
+        let first_gone = size.div_ceil(CHUNK);
+        let old_chunks = self.size.div_ceil(CHUNK);
+        for index in first_gone..old_chunks {
+            self.storage.raw_delete(Section::Sql, &chunk_key(index));
+        }
+        if size % CHUNK != 0 {
+            // Zero the cut tail so a later extension reads zeros, as a file would.
+            let index = size / CHUNK;
+            if let Some(old) = self.chunk(index)? {
+                let mut data = old.to_vec();
+                let keep = (size % CHUNK) as usize;
+                if data.len() > keep {
+                    data[keep..].fill(0);
+                }
+                self.storage
+                    .raw_put(Section::Sql, &chunk_key(index), Bytes::from(data));
+            }
+        }
+        self.set_size(size);
+        Ok(())
+    }
+
+    fn set_size(&mut self, size: u64) {
+        self.size = size;
+        self.storage.raw_put(
+            Section::Sql,
+            SIZE_KEY,
+            Bytes::copy_from_slice(&size.to_le_bytes()),
+        );
+    }
+}
+
+/// Deletes every page of the object's database in its turn batch (used by `deleteAll()`).
+pub(crate) fn erase(storage: &ObjectStorage) -> Result<(), cinder_storage::StorageError> {
+    storage.raw_delete_range(Section::Sql, &[], None)
+}
+
+static IO_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 1,
+    xClose: Some(x_close),
+    xRead: Some(x_read),
+    xWrite: Some(x_write),
+    xTruncate: Some(x_truncate),
+    xSync: Some(x_sync),
+    xFileSize: Some(x_file_size),
+    xLock: Some(x_lock),
+    xUnlock: Some(x_unlock),
+    xCheckReservedLock: Some(x_check_reserved_lock),
+    xFileControl: Some(x_file_control),
+    xSectorSize: Some(x_sector_size),
+    xDeviceCharacteristics: Some(x_device_characteristics),
+    xShmMap: None,
+    xShmLock: None,
+    xShmBarrier: None,
+    xShmUnmap: None,
+    xFetch: None,
+    xUnfetch: None,
+};
+
+/// # Safety
+/// `file` must be a `File` initialised by `x_open` and not yet closed.
+unsafe fn state<'a>(file: *mut ffi::sqlite3_file) -> &'a mut FileState {
+    &mut *(*(file as *mut File)).state
+}
+
+fn log_error(what: &str, e: &cinder_storage::StorageError) {
+    tracing::error!(error = %e, "SQL VFS {what} failed");
+}
+
+unsafe extern "C" fn x_open(
+    _vfs: *mut ffi::sqlite3_vfs,
+    _name: *const c_char,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    let f = file as *mut File;
+    (*f).base.pMethods = ptr::null();
+    let state = if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
+        let Some(storage) = OPENING.with(|o| o.borrow_mut().take()) else {
+            return ffi::SQLITE_CANTOPEN;
+        };
+        match PageFile::open(storage) {
+            Ok(p) => FileState::Pages(p),
+            Err(e) => {
+                log_error("open", &e);
+                return ffi::SQLITE_CANTOPEN;
+            }
+        }
+    } else {
+        FileState::Memory(Vec::new())
+    };
+    (*f).state = Box::into_raw(Box::new(state));
+    (*f).base.pMethods = &IO_METHODS;
+    if !out_flags.is_null() {
+        *out_flags = flags;
+    }
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
+    let f = file as *mut File;
+    if !(*f).state.is_null() {
+        drop(Box::from_raw((*f).state));
+        (*f).state = ptr::null_mut();
+    }
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_read(
+    file: *mut ffi::sqlite3_file,
+    buf: *mut c_void,
+    amt: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
+    let out = std::slice::from_raw_parts_mut(buf as *mut u8, amt.max(0) as usize);
+    let offset = offset.max(0) as u64;
+    match state(file) {
+        FileState::Pages(p) => match p.read(out, offset) {
+            Ok(true) => ffi::SQLITE_OK,
+            Ok(false) => ffi::SQLITE_IOERR_SHORT_READ,
+            Err(e) => {
+                log_error("read", &e);
+                ffi::SQLITE_IOERR_READ
+            }
+        },
+        FileState::Memory(v) => {
+            out.fill(0);
+            let start = (offset as usize).min(v.len());
+            let end = (offset as usize + out.len()).min(v.len());
+            out[..end - start].copy_from_slice(&v[start..end]);
+            if end - start < out.len() {
+                ffi::SQLITE_IOERR_SHORT_READ
+            } else {
+                ffi::SQLITE_OK
+            }
+        }
+    }
+}
+
+unsafe extern "C" fn x_write(
+    file: *mut ffi::sqlite3_file,
+    buf: *const c_void,
+    amt: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
+    let data = std::slice::from_raw_parts(buf as *const u8, amt.max(0) as usize);
+    let offset = offset.max(0) as u64;
+    match state(file) {
+        FileState::Pages(p) => match p.write(data, offset) {
+            Ok(()) => ffi::SQLITE_OK,
+            Err(e) => {
+                log_error("write", &e);
+                ffi::SQLITE_IOERR_WRITE
+            }
+        },
+        FileState::Memory(v) => {
+            let end = offset as usize + data.len();
+            if v.len() < end {
+                v.resize(end, 0);
+            }
+            v[offset as usize..end].copy_from_slice(data);
+            ffi::SQLITE_OK
+        }
+    }
+}
+
+unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3_int64) -> c_int {
+    let size = size.max(0) as u64;
+    match state(file) {
+        FileState::Pages(p) => match p.truncate(size) {
+            Ok(()) => ffi::SQLITE_OK,
+            Err(e) => {
+                log_error("truncate", &e);
+                ffi::SQLITE_IOERR_TRUNCATE
+            }
+        },
+        FileState::Memory(v) => {
+            v.truncate(size as usize);
+            ffi::SQLITE_OK
+        }
+    }
+}
+
+unsafe extern "C" fn x_sync(_file: *mut ffi::sqlite3_file, _flags: c_int) -> c_int {
+    // Durability belongs to the turn batch and the group committer, not to SQLite.
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_file_size(
+    file: *mut ffi::sqlite3_file,
+    out: *mut ffi::sqlite3_int64,
+) -> c_int {
+    *out = match state(file) {
+        FileState::Pages(p) => p.size as ffi::sqlite3_int64,
+        FileState::Memory(v) => v.len() as ffi::sqlite3_int64,
+    };
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_lock(_file: *mut ffi::sqlite3_file, _level: c_int) -> c_int {
+    // One connection per object on one thread: there is nobody to exclude.
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_unlock(_file: *mut ffi::sqlite3_file, _level: c_int) -> c_int {
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_check_reserved_lock(
+    _file: *mut ffi::sqlite3_file,
+    out: *mut c_int,
+) -> c_int {
+    *out = 0;
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_file_control(
+    _file: *mut ffi::sqlite3_file,
+    _op: c_int,
+    _arg: *mut c_void,
+) -> c_int {
+    ffi::SQLITE_NOTFOUND
+}
+
+unsafe extern "C" fn x_sector_size(_file: *mut ffi::sqlite3_file) -> c_int {
+    CHUNK as c_int
+}
+
+unsafe extern "C" fn x_device_characteristics(_file: *mut ffi::sqlite3_file) -> c_int {
+    ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE | ffi::SQLITE_IOCAP_SAFE_APPEND
+}
+
+unsafe extern "C" fn x_delete(
+    _vfs: *mut ffi::sqlite3_vfs,
+    _name: *const c_char,
+    _sync_dir: c_int,
+) -> c_int {
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_access(
+    _vfs: *mut ffi::sqlite3_vfs,
+    _name: *const c_char,
+    _flags: c_int,
+    out: *mut c_int,
+) -> c_int {
+    // No journal or WAL ever exists, so there is never a hot journal to recover.
+    *out = 0;
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_full_pathname(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    n_out: c_int,
+    out: *mut c_char,
+) -> c_int {
+    let src = if name.is_null() {
+        &[][..]
+    } else {
+        CStr::from_ptr(name).to_bytes()
+    };
+    let n = src.len().min((n_out.max(1) - 1) as usize);
+    ptr::copy_nonoverlapping(src.as_ptr() as *const c_char, out, n);
+    *out.add(n) = 0;
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_dl_open(_vfs: *mut ffi::sqlite3_vfs, _name: *const c_char) -> *mut c_void {
+    // Extensions are never loaded.
+    ptr::null_mut()
+}
+
+unsafe extern "C" fn x_dl_error(_vfs: *mut ffi::sqlite3_vfs, n: c_int, out: *mut c_char) {
+    let msg = b"loading extensions is not supported\0";
+    let k = msg.len().min(n.max(0) as usize);
+    if k > 0 {
+        ptr::copy_nonoverlapping(msg.as_ptr() as *const c_char, out, k);
+        *out.add(k - 1) = 0;
+    }
+}
+
+unsafe extern "C" fn x_dl_sym(
+    _vfs: *mut ffi::sqlite3_vfs,
+    _handle: *mut c_void,
+    _sym: *const c_char,
+) -> Option<unsafe extern "C" fn(*mut ffi::sqlite3_vfs, *mut c_void, *const c_char)> {
+    None
+}
+
+unsafe extern "C" fn x_dl_close(_vfs: *mut ffi::sqlite3_vfs, _handle: *mut c_void) {}
+
+unsafe fn default_vfs(vfs: *mut ffi::sqlite3_vfs) -> *mut ffi::sqlite3_vfs {
+    (*vfs).pAppData as *mut ffi::sqlite3_vfs
+}
+
+unsafe extern "C" fn x_randomness(
+    vfs: *mut ffi::sqlite3_vfs,
+    n: c_int,
+    out: *mut c_char,
+) -> c_int {
+    let d = default_vfs(vfs);
+    match (*d).xRandomness {
+        Some(f) => f(d, n, out),
+        None => 0,
+    }
+}
+
+unsafe extern "C" fn x_sleep(vfs: *mut ffi::sqlite3_vfs, micros: c_int) -> c_int {
+    let d = default_vfs(vfs);
+    match (*d).xSleep {
+        Some(f) => f(d, micros),
+        None => 0,
+    }
+}
+
+unsafe extern "C" fn x_current_time(vfs: *mut ffi::sqlite3_vfs, out: *mut f64) -> c_int {
+    let d = default_vfs(vfs);
+    match (*d).xCurrentTime {
+        Some(f) => f(d, out),
+        None => ffi::SQLITE_ERROR,
+    }
+}
+
+unsafe extern "C" fn x_current_time_int64(
+    vfs: *mut ffi::sqlite3_vfs,
+    out: *mut ffi::sqlite3_int64,
+) -> c_int {
+    let d = default_vfs(vfs);
+    match (*d).xCurrentTimeInt64 {
+        Some(f) => f(d, out),
+        None => ffi::SQLITE_ERROR,
+    }
+}
+
+unsafe extern "C" fn x_get_last_error(
+    _vfs: *mut ffi::sqlite3_vfs,
+    _n: c_int,
+    _out: *mut c_char,
+) -> c_int {
+    0
+}
