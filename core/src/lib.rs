@@ -1,1 +1,51 @@
-//! The actor runtime for Durable Objects. Engine-agnostic: never links V8. Depends on `cinder-storage` and `cinder-placement`.
+//! The actor runtime for Durable Objects. Engine-agnostic: never links V8. Depends on
+//! `cinder-storage` (durable per-object storage) and `cinder-placement` (which executor thread
+//! owns an id, jurisdictions).
+//!
+//! - [`id`]: 32-byte ids, per-namespace keyed naming, MAC-checked parsing, jurisdictions.
+//! - [`gate`]: the input and output gates, the two primitives behind Cloudflare's consistency
+//!   rules.
+//! - [`Runtime`]: executor threads (one current-thread tokio runtime each); every id maps to
+//!   one thread through the executor ring, so an object is single-threaded by construction.
+//!   [`Namespace`] and [`Stub`] are the `Send` handles the rest of the system uses.
+//! - [`Actor`] / [`ActorFactory`]: the contract an object's code implements (natively in Rust,
+//!   or once by the JS host); [`ActorContext`] and [`Storage`] are what it gets back.
+//! - Alarms (persisted, at-least-once, retried) and idle eviction live in the runtime.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use cinder_core::*;
+//! # async fn demo(store: Arc<cinder_storage::Store>, factory: Arc<dyn ActorFactory>) {
+//! let rt = Runtime::start(store, RuntimeConfig::default(), vec![NamespaceSpec {
+//!     name: "counter/Counter".into(),
+//!     ids: IdFactory::from_unique_key("counter/Counter"),
+//!     factory,
+//! }]).unwrap();
+//! let ns = rt.namespace("counter/Counter").unwrap();
+//! let resp = ns.get_by_name("alice").fetch(http::Request::new(bytes::Bytes::new())).await;
+//! # }
+//! ```
+
+mod actor;
+mod alarm;
+mod context;
+mod error;
+mod executor;
+pub mod gate;
+pub mod id;
+mod runtime;
+mod storage;
+#[cfg(test)]
+mod tests;
+
+pub use actor::{Actor, ActorFactory, AlarmInfo, IdlePolicy, Payload, Request, Response};
+pub use alarm::now_ms;
+pub use context::ActorContext;
+pub use error::{ActorError, ObjectError, BLOCK_CONCURRENCY_TIMEOUT_MESSAGE, OVERLOADED_MESSAGE};
+pub use gate::{GateBroken, InputGate, InputLock, OutputGate, OutputLock};
+pub use id::{IdError, IdFactory, ObjectId};
+pub use runtime::{Namespace, NamespaceSpec, Runtime, RuntimeConfig, RuntimeError, Stub};
+pub use storage::{ReadOptions, Storage, WriteOptions};
+
+pub use cinder_placement::Jurisdiction;
+pub use cinder_storage::ListOptions;

@@ -1,0 +1,354 @@
+//! [`Runtime`]: the node's executor threads and the `Send` handles ([`Namespace`], [`Stub`])
+//! through which any thread (the gateway's multi-thread runtime, another object) reaches an
+//! object.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use cinder_placement::{ExecutorRing, Jurisdiction, PlacementError};
+use cinder_storage::{StorageError, Store};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::actor::{ActorFactory, Payload, Request, Response};
+use crate::error::ObjectError;
+use crate::executor::{self, Command, Envelope, Event, Reply};
+use crate::id::{IdError, IdFactory, ObjectId};
+
+/// Tunables of the runtime. `Default` gives Cloudflare's numbers.
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    /// Executor threads (default: one per core).
+    pub threads: usize,
+    /// Events an object may have queued (not yet delivered) before further ones fail with
+    /// [`ObjectError::Overloaded`]. Default 1,000. Alarms are never refused.
+    pub max_queued_events: usize,
+    /// An idle object is evicted after a random time in `[idle_timeout_min, idle_timeout_max]`
+    /// (default 70–140 s), unless its [`crate::IdlePolicy`] says otherwise.
+    pub idle_timeout_min: Duration,
+    /// See [`RuntimeConfig::idle_timeout_min`].
+    pub idle_timeout_max: Duration,
+    /// Deadline of `block_concurrency_while` (default 30 s); past it the object is reset.
+    pub block_concurrency_timeout: Duration,
+    /// First alarm retry delay (default 2 s); the n-th retry waits `base · 2ⁿ`.
+    pub alarm_retry_base: Duration,
+    /// Retries of a failing alarm handler (default 6).
+    pub alarm_max_retries: u32,
+    /// Runs first on every executor thread, with its index: where a host creates its
+    /// per-thread state (e.g. the thread's V8 isolates).
+    pub on_thread_start: Option<Arc<dyn Fn(usize) + Send + Sync>>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            max_queued_events: 1_000,
+            idle_timeout_min: Duration::from_secs(70),
+            idle_timeout_max: Duration::from_secs(140),
+            block_concurrency_timeout: Duration::from_secs(30),
+            alarm_retry_base: Duration::from_secs(2),
+            alarm_max_retries: 6,
+            on_thread_start: None,
+        }
+    }
+}
+
+impl fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuntimeConfig")
+            .field("threads", &self.threads)
+            .field("max_queued_events", &self.max_queued_events)
+            .field("idle_timeout_min", &self.idle_timeout_min)
+            .field("idle_timeout_max", &self.idle_timeout_max)
+            .field("block_concurrency_timeout", &self.block_concurrency_timeout)
+            .field("alarm_retry_base", &self.alarm_retry_base)
+            .field("alarm_max_retries", &self.alarm_max_retries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A Durable Object class binding to register: its name (stable: it is stored with objects
+/// that have alarms), its id scheme and its constructor.
+pub struct NamespaceSpec {
+    /// Unique name, e.g. `"<worker>/<class>"`.
+    pub name: String,
+    /// Mints and checks the namespace's ids.
+    pub ids: IdFactory,
+    /// Constructs instances.
+    pub factory: Arc<dyn ActorFactory>,
+}
+
+pub(crate) struct NamespaceEntry {
+    pub(crate) name: String,
+    pub(crate) ids: IdFactory,
+    pub(crate) factory: Arc<dyn ActorFactory>,
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Reading the alarm table failed.
+    #[error("loading alarms: {0}")]
+    Storage(#[from] StorageError),
+    /// The executor ring rejected the thread count.
+    #[error("executor ring: {0}")]
+    Placement(#[from] PlacementError),
+    /// Two namespaces share a name.
+    #[error("Durable Object namespace {0:?} registered twice")]
+    DuplicateNamespace(String),
+    /// An executor thread could not be spawned.
+    #[error("spawning executor thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+struct Shared {
+    senders: Vec<mpsc::UnboundedSender<Command>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    ring: ExecutorRing,
+    namespaces: Arc<HashMap<String, Arc<NamespaceEntry>>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        for tx in &self.senders {
+            let _ = tx.send(Command::Shutdown);
+        }
+    }
+}
+
+/// The actor runtime of one node. Cheap to clone, `Send + Sync`. The executor threads stop
+/// on [`Runtime::shutdown`], or when the last handle (runtime, namespace or stub) is dropped.
+#[derive(Clone)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("threads", &self.shared.senders.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Starts the executor threads over `store` with these namespaces, and schedules every
+    /// alarm found in the store.
+    pub fn start(
+        store: Arc<Store>,
+        cfg: RuntimeConfig,
+        namespaces: Vec<NamespaceSpec>,
+    ) -> Result<Runtime, RuntimeError> {
+        let threads = cfg.threads.max(1);
+        let ring = ExecutorRing::new(threads)?;
+        let mut map = HashMap::new();
+        for ns in namespaces {
+            let entry = Arc::new(NamespaceEntry {
+                name: ns.name.clone(),
+                ids: ns.ids,
+                factory: ns.factory,
+            });
+            if map.insert(ns.name.clone(), entry).is_some() {
+                return Err(RuntimeError::DuplicateNamespace(ns.name));
+            }
+        }
+        let namespaces = Arc::new(map);
+        let mut alarms: Vec<Vec<([u8; 32], i64)>> = vec![Vec::new(); threads];
+        for (id, at) in store.alarms()? {
+            alarms[ring.executor_for(&id)].push((id, at));
+        }
+        let cfg = Arc::new(cfg);
+        let mut senders = Vec::with_capacity(threads);
+        let mut handles = Vec::with_capacity(threads);
+        for (index, alarms) in alarms.into_iter().enumerate() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let _ = tx.send(Command::LoadAlarms(alarms));
+            let (store, cfg, namespaces) = (store.clone(), cfg.clone(), namespaces.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("cinder-exec-{index}"))
+                .spawn(move || executor::run_thread(index, rx, store, cfg, namespaces));
+            match handle {
+                Ok(h) => {
+                    senders.push(tx);
+                    handles.push(h);
+                }
+                Err(e) => {
+                    for tx in &senders {
+                        let _ = tx.send(Command::Shutdown);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(Runtime {
+            shared: Arc::new(Shared {
+                senders,
+                threads: Mutex::new(handles),
+                ring,
+                namespaces,
+            }),
+        })
+    }
+
+    /// The namespace registered under `name`.
+    pub fn namespace(&self, name: &str) -> Option<Namespace> {
+        let entry = self.shared.namespaces.get(name)?.clone();
+        Some(Namespace {
+            ids: entry.ids.clone(),
+            entry,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Number of executor threads.
+    pub fn threads(&self) -> usize {
+        self.shared.senders.len()
+    }
+
+    /// Stops every executor thread and waits for them. Events in flight fail with
+    /// [`ObjectError::Shutdown`]; writes not yet flushed are dropped (their events had not
+    /// answered yet, so nobody was told they happened). Blocks: call it from outside async code
+    /// (or `spawn_blocking`). Called on an executor thread it only signals.
+    pub fn shutdown(&self) {
+        for tx in &self.shared.senders {
+            let _ = tx.send(Command::Shutdown);
+        }
+        if executor::on_executor_thread() {
+            return;
+        }
+        let handles = std::mem::take(
+            &mut *self
+                .shared
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A Durable Object namespace binding (`env.MY_DO`). Cheap to clone, `Send + Sync`.
+#[derive(Clone)]
+pub struct Namespace {
+    shared: Arc<Shared>,
+    entry: Arc<NamespaceEntry>,
+    ids: IdFactory,
+}
+
+impl fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Namespace")
+            .field("name", &self.entry.name)
+            .field("scope", &self.ids.scope())
+            .finish()
+    }
+}
+
+impl Namespace {
+    /// The namespace's registered name.
+    pub fn name(&self) -> &str {
+        &self.entry.name
+    }
+
+    /// `namespace.jurisdiction(j)`: the same namespace, restricted to a jurisdiction.
+    pub fn jurisdiction(&self, jurisdiction: Jurisdiction) -> Namespace {
+        Namespace {
+            ids: self.ids.jurisdiction(jurisdiction),
+            ..self.clone()
+        }
+    }
+
+    /// `idFromName(name)`.
+    pub fn id_from_name(&self, name: &str) -> ObjectId {
+        self.ids.id_from_name(name)
+    }
+
+    /// `newUniqueId({jurisdiction})`.
+    pub fn new_unique_id(&self, jurisdiction: Option<Jurisdiction>) -> Result<ObjectId, IdError> {
+        self.ids.new_unique_id(jurisdiction)
+    }
+
+    /// `idFromString(hex)`.
+    pub fn id_from_string(&self, hex: &str) -> Result<ObjectId, IdError> {
+        self.ids.id_from_string(hex)
+    }
+
+    /// `get(id)`: a stub at once; the object is activated by its first event.
+    pub fn get(&self, id: ObjectId) -> Stub {
+        let executor = self.shared.ring.executor_for(id.bytes());
+        Stub {
+            shared: self.shared.clone(),
+            entry: self.entry.clone(),
+            id,
+            executor,
+        }
+    }
+
+    /// `getByName(name)`: `get(id_from_name(name))`.
+    pub fn get_by_name(&self, name: &str) -> Stub {
+        self.get(self.id_from_name(name))
+    }
+}
+
+/// A handle to one object, usable from any thread. Cheap to clone, `Send + Sync`.
+#[derive(Clone)]
+pub struct Stub {
+    shared: Arc<Shared>,
+    entry: Arc<NamespaceEntry>,
+    id: ObjectId,
+    executor: usize,
+}
+
+impl fmt::Debug for Stub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stub")
+            .field("namespace", &self.entry.name)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Stub {
+    /// The object's id.
+    pub fn id(&self) -> &ObjectId {
+        &self.id
+    }
+
+    /// Sends a request event; resolves with the object's response once everything the object
+    /// wrote before answering is durable.
+    pub async fn fetch(&self, req: Request) -> Result<Response, ObjectError> {
+        match self.send(Event::Fetch(Box::new(req))).await? {
+            Reply::Fetch(r) => Ok(r),
+            _ => Err(ObjectError::Shutdown),
+        }
+    }
+
+    /// Sends a host-defined event to [`crate::Actor::call`].
+    pub async fn call(&self, payload: Payload) -> Result<Payload, ObjectError> {
+        match self.send(Event::Call(payload)).await? {
+            Reply::Call(p) => Ok(p),
+            _ => Err(ObjectError::Shutdown),
+        }
+    }
+
+    async fn send(&self, event: Event) -> Result<Reply, ObjectError> {
+        let (tx, rx) = oneshot::channel();
+        let env = Envelope {
+            ns: self.entry.clone(),
+            id: self.id.clone(),
+            event,
+            reply: Some(tx),
+        };
+        self.shared.senders[self.executor]
+            .send(Command::Event(env))
+            .map_err(|_| ObjectError::Shutdown)?;
+        rx.await.map_err(|_| ObjectError::Shutdown)?
+    }
+}
