@@ -328,10 +328,10 @@ async fn object_loop(slot: Rc<Slot>) {
 /// Delivers the event at the front of the queue. It stays queued (and counted against the
 /// queue bound) until the input gate lets it in.
 async fn deliver_front(slot: &Rc<Slot>, exec: &Rc<Executor>) {
-    let inst = match slot.current() {
-        Some(i) => i,
+    let (inst, fresh) = match slot.current() {
+        Some(i) => (i, false),
         None => match slot.activate(exec) {
-            Ok(i) => i,
+            Ok(i) => (i, true),
             Err(e) => {
                 let env = slot.queue.borrow_mut().pop_front();
                 if let Some(env) = env {
@@ -341,29 +341,34 @@ async fn deliver_front(slot: &Rc<Slot>, exec: &Rc<Executor>) {
             }
         },
     };
-    if inst.ctx.inner.input.wait().await.is_err() {
-        // Reset while waiting: the event stays queued for the next instance.
+    if let Err(broken) = inst.ctx.inner.input.wait().await {
+        // Reset while the event waited. If the instance was created for this very event, its
+        // construction failed (e.g. a critical section started by the constructor threw): the
+        // event fails, or every retry would construct and fail again. Otherwise it stays
+        // queued for the next instance.
+        if fresh {
+            let env = slot.queue.borrow_mut().pop_front();
+            if let Some(env) = env {
+                reply(env.reply, Err(ObjectError::Reset(broken.0.to_string())));
+            }
+        }
         return;
     }
     let Some(env) = slot.queue.borrow_mut().pop_front() else {
         return;
     };
     let lock = inst.ctx.inner.input.lock();
-    let serial = exec.serial.get();
-    let seq = {
-        // Reply keys only need to be unique per instance.
-        let n = NEXT_SEQ.with(|c| {
-            let n = c.get();
-            c.set(n + 1);
-            n
-        });
-        n ^ (serial << 40)
-    };
+    let seq = NEXT_SEQ.with(|c| {
+        let n = c.get();
+        c.set(n + 1);
+        n
+    });
     let ctx = inst.ctx.clone();
     ctx.spawn(run_event(inst, seq, env, lock));
 }
 
 thread_local! {
+    /// Reply keys; unique per thread, which is more than the per-instance uniqueness needed.
     static NEXT_SEQ: Cell<u64> = const { Cell::new(0) };
 }
 

@@ -47,7 +47,11 @@ struct Script {
     alarm: Option<AlarmFn>,
     constructed: Arc<AtomicUsize>,
     evicted: Option<mpsc::UnboundedSender<String>>,
+    /// Runs in the constructor with the construction number (1, 2...).
+    construct: Option<ConstructFn>,
 }
+
+type ConstructFn = Arc<dyn Fn(&ActorContext, usize) + Send + Sync>;
 
 impl Script {
     fn new(
@@ -61,6 +65,7 @@ impl Script {
             alarm: None,
             constructed: Arc::new(AtomicUsize::new(0)),
             evicted: None,
+            construct: None,
         }
     }
 
@@ -108,7 +113,10 @@ fn spec(name: &str, script: Script) -> NamespaceSpec {
         ids: IdFactory::from_unique_key(name),
         factory: Arc::new(
             move |ctx: ActorContext| -> Result<Box<dyn Actor>, ActorError> {
-                script.constructed.fetch_add(1, Ordering::SeqCst);
+                let n = script.constructed.fetch_add(1, Ordering::SeqCst) + 1;
+                if let Some(f) = &script.construct {
+                    f(&ctx, n);
+                }
                 Ok(Box::new(Scripted {
                     obj: Rc::new(Obj {
                         ctx,
@@ -828,4 +836,43 @@ async fn shutdown(rt: Runtime) {
     tokio::task::spawn_blocking(move || rt.shutdown())
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_constructor_critical_section_holds_events_and_its_failure_fails_the_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut script = Script::new(|obj, _| {
+        Box::pin(async move {
+            let v = obj.ctx.storage().get("init").await?.unwrap_or_default();
+            Ok(String::from_utf8_lossy(&v).into_owned())
+        })
+    });
+    script.construct = Some(Arc::new(|ctx: &ActorContext, n: usize| {
+        let ctx2 = ctx.clone();
+        // Started and dropped, as `this.ctx.blockConcurrencyWhile(...)` in a JS constructor.
+        drop(ctx.block_concurrency_while(async move {
+            // Awaits inside the critical section must not let the waiting event in.
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+            ctx2.storage().get("init").await?;
+            if n == 1 {
+                return Err(ActorError::new("init failed"));
+            }
+            ctx2.storage()
+                .put("init", Bytes::from(format!("done by #{n}")))?;
+            Ok(())
+        }));
+    }));
+    let constructed = script.constructed.clone();
+    let rt = Runtime::start(open(dir.path()), test_config(), vec![spec("ns", script)]).unwrap();
+    let stub = rt.namespace("ns").unwrap().get_by_name("x");
+    let err = within("first", text(&stub, "/")).await.unwrap_err();
+    assert!(err.to_string().contains("init failed"), "{err}");
+    assert_eq!(constructed.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        within("second", text(&stub, "/")).await.unwrap(),
+        "done by #2"
+    );
+    assert_eq!(constructed.load(Ordering::SeqCst), 2);
 }
