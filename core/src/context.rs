@@ -197,7 +197,18 @@ impl ActorContext {
         F: Future,
     {
         self.inner.output.wait().await?;
-        let value = io.await;
+        self.gated(io).await
+    }
+
+    /// Gated inbound completion, for things that resume the object without sending anything
+    /// (a timer, the next chunk of an incoming stream): `f` runs freely, and its result is
+    /// handed back only when the input gate is open, as for [`ActorContext::outbound`] but
+    /// without waiting on the output gate first.
+    pub async fn gated<F>(&self, f: F) -> Result<F::Output, ActorError>
+    where
+        F: Future,
+    {
+        let value = f.await;
         let in_own_critical_section = CRITICAL_SECTION
             .try_with(|s| *s == self.inner.serial)
             .unwrap_or(false);

@@ -76,6 +76,9 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// How long shutdown waits for write batches in flight.
+const SHUTDOWN_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 thread_local! {
     static ON_EXECUTOR: Cell<bool> = const { Cell::new(false) };
 }
@@ -135,6 +138,24 @@ pub(crate) fn run_thread(
             }
         }
         tracing::debug!(index, "executor shutting down");
+        // Give batches already written (e.g. `allow_unconfirmed` ones, whose events have
+        // answered) the chance to become durable before their tasks are dropped.
+        let pending: Vec<_> = exec
+            .objects
+            .borrow()
+            .values()
+            .filter_map(|s| s.current())
+            .map(|i| i.ctx.inner.all_writes.wait())
+            .collect();
+        if !pending.is_empty() {
+            let all = futures::future::join_all(pending);
+            if tokio::time::timeout(SHUTDOWN_FLUSH_DEADLINE, all)
+                .await
+                .is_err()
+            {
+                tracing::warn!(index, "unflushed writes dropped at shutdown");
+            }
+        }
         // Dropping the slots and then the LocalSet cancels every task; callers still waiting
         // see their reply channel close (ObjectError::Shutdown).
         exec.objects.borrow_mut().clear();

@@ -876,3 +876,40 @@ async fn a_constructor_critical_section_holds_events_and_its_failure_fails_the_e
     );
     assert_eq!(constructed.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn each_object_lives_on_one_executor_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::new(|obj, _| {
+        Box::pin(async move {
+            // In-memory state survives between events: the same instance, on the same thread.
+            obj.mem.set(obj.mem.get() + 1);
+            let thread = std::thread::current().name().unwrap_or("?").to_string();
+            Ok(format!("{thread} {}", obj.mem.get()))
+        })
+    });
+    let cfg = RuntimeConfig {
+        threads: 2,
+        ..test_config()
+    };
+    let rt = Runtime::start(open(dir.path()), cfg, vec![spec("ns", script)]).unwrap();
+    let ns = rt.namespace("ns").unwrap();
+    let mut threads = std::collections::HashSet::new();
+    for i in 0..40 {
+        let stub = ns.get_by_name(&format!("o{i}"));
+        let (a, b) = tokio::join!(text(&stub, "/"), text(&stub, "/"));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let (ta, na) = a.split_once(' ').unwrap();
+        let (tb, nb) = b.split_once(' ').unwrap();
+        assert_eq!(ta, tb, "object o{i} ran on two threads");
+        let mut counts = [na, nb];
+        counts.sort();
+        assert_eq!(counts, ["1", "2"], "object o{i} had two instances");
+        threads.insert(ta.to_string());
+    }
+    assert_eq!(
+        threads.len(),
+        2,
+        "ids spread over both executors: {threads:?}"
+    );
+}
