@@ -225,6 +225,12 @@ impl ActorContext {
         self.inner.reset(reason);
     }
 
+    /// Runs `f` as part of a critical section of this instance: I/O it awaits completes
+    /// without waiting for the input gate the section holds.
+    pub(crate) async fn in_critical_section<F: Future>(&self, f: F) -> F::Output {
+        CRITICAL_SECTION.scope(self.inner.serial, f).await
+    }
+
     /// Spawns a task that belongs to this instance: aborted on reset and eviction.
     pub(crate) fn spawn<F>(&self, f: F)
     where

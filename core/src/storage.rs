@@ -163,6 +163,27 @@ impl Storage {
         out
     }
 
+    /// `transaction(async txn => ...)`: like [`Storage::transaction`], but the body may await.
+    /// The input gate stays locked until the body is done, so no other event interleaves;
+    /// outbound I/O the body awaits still completes (it belongs to the transaction, as in a
+    /// critical section).
+    pub async fn transaction_async<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: for<'t> FnOnce(
+            &'t cinder_storage::Transaction<'t>,
+        ) -> futures::future::LocalBoxFuture<'t, Result<T, E>>,
+    {
+        let _lock = self.ctx.inner.input.lock();
+        let raw = &self.ctx.inner.raw;
+        let txn = raw.transaction();
+        let out = self.ctx.in_critical_section(f(&txn)).await;
+        if out.is_ok() && !txn.is_rolled_back() {
+            txn.commit();
+            self.ctx.note_write(false);
+        }
+        out
+    }
+
     /// `sync()`: resolves when every write issued so far (including `allow_unconfirmed` ones)
     /// is durable; fails if one of them failed (the object is then being reset).
     pub async fn sync(&self) -> Result<(), crate::gate::GateBroken> {

@@ -913,3 +913,56 @@ async fn each_object_lives_on_one_executor_thread() {
         "ids spread over both executors: {threads:?}"
     );
 }
+
+#[tokio::test]
+async fn concurrent_read_modify_writes_never_lose_an_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::new(|obj, path| {
+        Box::pin(async move {
+            let s = obj.ctx.storage();
+            let read = |v: Option<Bytes>| {
+                v.map(|b| String::from_utf8_lossy(&b).parse::<u64>().unwrap())
+                    .unwrap_or(0)
+            };
+            if path == "/txn" {
+                // The async transaction: awaits inside, still atomic.
+                let n = s
+                    .transaction_async(|txn| {
+                        Box::pin(async move {
+                            let n = read(txn.get("t")?) + 1;
+                            tokio::task::yield_now().await;
+                            txn.put("t", Bytes::from(n.to_string()))?;
+                            Ok::<_, ActorError>(n)
+                        })
+                    })
+                    .await?;
+                return Ok(n.to_string());
+            }
+            // No transaction: the input gate alone makes get-then-put atomic.
+            let n = read(s.get("n").await?) + 1;
+            s.put("n", Bytes::from(n.to_string()))?;
+            Ok(n.to_string())
+        })
+    });
+    let cfg = RuntimeConfig {
+        threads: 2,
+        ..test_config()
+    };
+    let rt = Runtime::start(open(dir.path()), cfg, vec![spec("ns", script)]).unwrap();
+    let stub = rt.namespace("ns").unwrap().get_by_name("counter");
+    for path in ["/", "/txn"] {
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let stub = stub.clone();
+            tasks.push(tokio::spawn(
+                async move { text(&stub, path).await.unwrap() },
+            ));
+        }
+        let mut seen: Vec<u64> = Vec::new();
+        for t in tasks {
+            seen.push(within("increment", t).await.unwrap().parse().unwrap());
+        }
+        seen.sort();
+        assert_eq!(seen, (1..=200).collect::<Vec<u64>>(), "{path}");
+    }
+}
