@@ -155,9 +155,7 @@ impl SqlStorage {
     /// `PRAGMA integrity_check` (refused to user SQL): `"ok"` or SQLite's findings, one a line.
     pub fn integrity_check(&self) -> Result<String, SqlError> {
         let conn = self.conn();
-        let mut st = conn
-            .prepare("PRAGMA integrity_check")
-            .map_err(sqlite_err)?;
+        let mut st = conn.prepare("PRAGMA integrity_check").map_err(sqlite_err)?;
         let rows = st
             .query_map([], |r| r.get::<_, String>(0))
             .map_err(sqlite_err)?;
@@ -197,7 +195,10 @@ impl SqlStorage {
             .try_borrow_mut()
             .map_err(|_| SqlError::Api("Cannot call deleteAll() while a query is running"))?;
         // Close first so SQLite holds no pages of the old database.
-        let old = std::mem::replace(&mut *conn, Connection::open_in_memory().map_err(sqlite_err)?);
+        let old = std::mem::replace(
+            &mut *conn,
+            Connection::open_in_memory().map_err(sqlite_err)?,
+        );
         drop(old);
         vfs::erase(&self.storage)?;
         *conn = connect(&self.storage, &self.cfg, &self.auth)?;
@@ -248,7 +249,8 @@ fn connect(
     cfg: &SqlConfig,
     auth: &Arc<AuthState>,
 ) -> Result<Connection, SqlError> {
-    vfs::register().map_err(|rc| SqlError::Sqlite(format!("registering the SQL VFS failed: {rc}")))?;
+    vfs::register()
+        .map_err(|rc| SqlError::Sqlite(format!("registering the SQL VFS failed: {rc}")))?;
     if !BUDGET_SET.swap(true, Ordering::Relaxed) {
         unsafe { ffi::sqlite3_soft_heap_limit64(DEFAULT_MEMORY_BUDGET) };
     }
@@ -261,6 +263,15 @@ fn connect(
     .map_err(sqlite_err)?;
     unsafe {
         let db = conn.handle();
+        // No lookaside arena: it is ~48 KiB per connection held even while idle, most of what
+        // an idle database would cost; the allocator serves those small allocations instead.
+        ffi::sqlite3_db_config(
+            db,
+            ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            0 as std::ffi::c_int,
+            0 as std::ffi::c_int,
+        );
         // Limits from sqlite.org/security.html, as workerd sets them.
         for (limit, value) in [
             (ffi::SQLITE_LIMIT_LENGTH, 4 * 1024 * 1024),

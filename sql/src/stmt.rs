@@ -166,12 +166,7 @@ unsafe fn read_row(stmt: &Stmt) -> Vec<SqlValue> {
         .collect()
 }
 
-unsafe fn bind(
-    db: *mut ffi::sqlite3,
-    stmt: &Stmt,
-    i: c_int,
-    v: &SqlValue,
-) -> Result<(), SqlError> {
+unsafe fn bind(db: *mut ffi::sqlite3, stmt: &Stmt, i: c_int, v: &SqlValue) -> Result<(), SqlError> {
     let rc = match v {
         SqlValue::Null => ffi::sqlite3_bind_null(stmt.0, i),
         SqlValue::Integer(n) => ffi::sqlite3_bind_int64(stmt.0, i, *n),

@@ -162,7 +162,9 @@ impl PageFile {
         let avail = end.min(self.size);
         if avail > offset {
             for index in offset / CHUNK..=(avail - 1) / CHUNK {
-                let Some(data) = self.chunk(index)? else { continue };
+                let Some(data) = self.chunk(index)? else {
+                    continue;
+                };
                 let c_start = index * CHUNK;
                 let lo = offset.max(c_start);
                 let hi = avail.min(c_start + data.len() as u64);
@@ -199,8 +201,7 @@ impl PageFile {
                 data[(lo - c_start) as usize..(hi - c_start) as usize].copy_from_slice(src);
                 Bytes::from(data)
             };
-            self.storage
-                .raw_put(Section::Sql, &chunk_key(index), value);
+            self.storage.raw_put(Section::Sql, &chunk_key(index), value);
         }
         if end > self.size {
             self.set_size(end);
@@ -509,11 +510,7 @@ unsafe fn default_vfs(vfs: *mut ffi::sqlite3_vfs) -> *mut ffi::sqlite3_vfs {
     (*vfs).pAppData as *mut ffi::sqlite3_vfs
 }
 
-unsafe extern "C" fn x_randomness(
-    vfs: *mut ffi::sqlite3_vfs,
-    n: c_int,
-    out: *mut c_char,
-) -> c_int {
+unsafe extern "C" fn x_randomness(vfs: *mut ffi::sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
     let d = default_vfs(vfs);
     match (*d).xRandomness {
         Some(f) => f(d, n, out),

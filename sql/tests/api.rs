@@ -34,8 +34,15 @@ fn exec_cursor_and_multi_statement() {
     assert_eq!(rows[1].get("score"), Some(&SqlValue::Null));
     assert_eq!(rows[1].get("data"), Some(&SqlValue::Blob(vec![])));
 
-    let raw: Vec<_> = db.exec("SELECT id FROM t ORDER BY id", &[]).unwrap().raw().collect();
-    assert_eq!(raw, vec![vec![SqlValue::Integer(1)], vec![SqlValue::Integer(2)]]);
+    let raw: Vec<_> = db
+        .exec("SELECT id FROM t ORDER BY id", &[])
+        .unwrap()
+        .raw()
+        .collect();
+    assert_eq!(
+        raw,
+        vec![vec![SqlValue::Integer(1)], vec![SqlValue::Integer(2)]]
+    );
 
     let one = db
         .exec("UPDATE t SET score = 7 WHERE id = 2 RETURNING score", &[])
@@ -58,7 +65,8 @@ fn api_errors_have_cloudflare_texts() {
     let db = open(&st, 1);
     db.exec("CREATE TABLE t (a)", &[]).unwrap();
     assert_eq!(
-        db.exec("SELECT ?; SELECT ?", &[SqlValue::Integer(1)]).unwrap_err(),
+        db.exec("SELECT ?; SELECT ?", &[SqlValue::Integer(1)])
+            .unwrap_err(),
         SqlError::Api(MULTI_PARAMS)
     );
     assert_eq!(
@@ -204,7 +212,10 @@ fn transaction_sync_commits_rolls_back_and_nests() {
         .unwrap()
         .raw()
         .collect();
-    assert_eq!(vals, vec![vec![SqlValue::Integer(1)], vec![SqlValue::Integer(3)]]);
+    assert_eq!(
+        vals,
+        vec![vec![SqlValue::Integer(1)], vec![SqlValue::Integer(3)]]
+    );
     assert!(db.kv().get("k2").unwrap().is_none());
     assert!(db.kv().get("k1").unwrap().is_some());
 
@@ -250,7 +261,11 @@ fn data_survives_reopen_and_database_size_tracks_it() {
     }
     let st = store(dir.path(), Durability::Fsync);
     let db = open(&st, 7);
-    let n = db.exec("SELECT count(*) AS n FROM t", &[]).unwrap().one().unwrap();
+    let n = db
+        .exec("SELECT count(*) AS n FROM t", &[])
+        .unwrap()
+        .one()
+        .unwrap();
     assert_eq!(n.get("n"), Some(&SqlValue::Integer(500)));
     assert_eq!(db.kv().get("kv").unwrap().as_deref(), Some(&b"value"[..]));
     // Another object's database is separate.
@@ -331,7 +346,9 @@ fn kv_api_limits_order_and_list() {
         SqlError::Storage(StorageError::KeyTooLarge { size: 2049 })
     );
     assert_eq!(
-        kv.put("k", Bytes::from(vec![0u8; 200_000])).unwrap_err().to_string(),
+        kv.put("k", Bytes::from(vec![0u8; 200_000]))
+            .unwrap_err()
+            .to_string(),
         "Values cannot be larger than 131072 bytes. A value of size 200000 was provided."
     );
     let many: Vec<String> = (0..129).map(|i| i.to_string()).collect();

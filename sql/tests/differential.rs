@@ -11,16 +11,48 @@ use rusqlite::types::ValueRef;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Create { t: u8, types: Vec<&'static str> },
-    Insert { t: u8, id: Option<i64>, vals: Vec<SqlValue> },
-    Bulk { t: u8, n: u16, width: u16 },
-    Update { t: u8, col: u8, val: SqlValue, below: i64 },
-    Delete { t: u8, m: i64, r: i64 },
-    Select { t: u8 },
-    Aggregate { t: u8 },
-    Index { t: u8, col: u8 },
-    Drop { t: u8 },
-    Txn { ops: Vec<Op>, commit: bool },
+    Create {
+        t: u8,
+        types: Vec<&'static str>,
+    },
+    Insert {
+        t: u8,
+        id: Option<i64>,
+        vals: Vec<SqlValue>,
+    },
+    Bulk {
+        t: u8,
+        n: u16,
+        width: u16,
+    },
+    Update {
+        t: u8,
+        col: u8,
+        val: SqlValue,
+        below: i64,
+    },
+    Delete {
+        t: u8,
+        m: i64,
+        r: i64,
+    },
+    Select {
+        t: u8,
+    },
+    Aggregate {
+        t: u8,
+    },
+    Index {
+        t: u8,
+        col: u8,
+    },
+    Drop {
+        t: u8,
+    },
+    Txn {
+        ops: Vec<Op>,
+        commit: bool,
+    },
     Turn,
     Reopen,
 }
@@ -125,10 +157,7 @@ fn sql_of(op: &Op) -> Option<(String, Vec<SqlValue>)> {
             format!("UPDATE t{t} SET c{col} = ? WHERE id < ?"),
             vec![val.clone(), SqlValue::Integer(*below)],
         ),
-        Op::Delete { t, m, r } => (
-            format!("DELETE FROM t{t} WHERE id % {m} = {r}"),
-            vec![],
-        ),
+        Op::Delete { t, m, r } => (format!("DELETE FROM t{t} WHERE id % {m} = {r}"), vec![]),
         Op::Select { t } => (format!("SELECT * FROM t{t} ORDER BY id"), vec![]),
         Op::Aggregate { t } => (
             format!("SELECT count(*), sum(id), max(c0), min(length(c0)), total(id) FROM t{t}"),
@@ -193,8 +222,11 @@ impl Pair {
         common::commit(self.engine());
         self.engine = None;
         self.engine = Some(
-            SqlStorage::open(self.store.object(common::id(1)), SqlConfig { cache_kib: 16 })
-                .unwrap(),
+            SqlStorage::open(
+                self.store.object(common::id(1)),
+                SqlConfig { cache_kib: 16 },
+            )
+            .unwrap(),
         );
     }
 
@@ -208,7 +240,10 @@ impl Pair {
                 let r: Result<(), SqlError> = engine.transaction_sync(|| {
                     for o in ops {
                         if let Some((sql, b)) = sql_of(o) {
-                            let got = engine.exec(&sql, &b).map(|c| c.raw().collect()).map_err(|_| ());
+                            let got = engine
+                                .exec(&sql, &b)
+                                .map(|c| c.raw().collect())
+                                .map_err(|_| ());
                             let want = reference_run(&self.reference, &sql, &b);
                             assert_eq!(got, want, "in transaction: {sql}");
                         }
