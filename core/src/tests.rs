@@ -917,52 +917,87 @@ async fn each_object_lives_on_one_executor_thread() {
 #[tokio::test]
 async fn concurrent_read_modify_writes_never_lose_an_update() {
     let dir = tempfile::tempdir().unwrap();
-    let script = Script::new(|obj, path| {
+    type Key = Arc<Mutex<Option<oneshot::Receiver<()>>>>;
+    let key: Key = Arc::default();
+    let (entered_tx, mut entered_rx) = mpsc::unbounded_channel::<()>();
+    let k = key.clone();
+    let script = Script::new(move |obj, path| {
+        let (key, entered_tx) = (k.clone(), entered_tx.clone());
         Box::pin(async move {
             let s = obj.ctx.storage();
             let read = |v: Option<Bytes>| {
                 v.map(|b| String::from_utf8_lossy(&b).parse::<u64>().unwrap())
                     .unwrap_or(0)
             };
-            if path == "/txn" {
-                // The async transaction: awaits inside, still atomic.
-                let n = s
-                    .transaction_async(|txn| {
-                        Box::pin(async move {
-                            let n = read(txn.get("t")?) + 1;
-                            tokio::task::yield_now().await;
-                            txn.put("t", Bytes::from(n.to_string()))?;
-                            Ok::<_, ActorError>(n)
+            match path.as_str() {
+                "/block" => {
+                    let rx = take(&key);
+                    obj.ctx
+                        .block_concurrency_while(async move {
+                            let _ = entered_tx.send(());
+                            rx.await.ok();
+                            Ok(())
                         })
-                    })
-                    .await?;
-                return Ok(n.to_string());
+                        .await?;
+                    Ok("unblocked".into())
+                }
+                "/txn" => {
+                    // The async transaction: awaits inside, still atomic.
+                    let n = s
+                        .transaction_async(|txn| {
+                            Box::pin(async move {
+                                let n = read(txn.get("t")?) + 1;
+                                tokio::task::yield_now().await;
+                                txn.put("t", Bytes::from(n.to_string()))?;
+                                Ok::<_, ActorError>(n)
+                            })
+                        })
+                        .await?;
+                    Ok(n.to_string())
+                }
+                _ => {
+                    // No transaction: the input gate alone makes get-then-put atomic.
+                    let n = read(s.get("n").await?) + 1;
+                    s.put("n", Bytes::from(n.to_string()))?;
+                    Ok(n.to_string())
+                }
             }
-            // No transaction: the input gate alone makes get-then-put atomic.
-            let n = read(s.get("n").await?) + 1;
-            s.put("n", Bytes::from(n.to_string()))?;
-            Ok(n.to_string())
         })
     });
-    let cfg = RuntimeConfig {
-        threads: 2,
-        ..test_config()
-    };
-    let rt = Runtime::start(open(dir.path()), cfg, vec![spec("ns", script)]).unwrap();
+    let rt = Runtime::start(
+        open(dir.path()),
+        test_config(),
+        vec![spec("ns", script), barrier_spec()],
+    )
+    .unwrap();
     let stub = rt.namespace("ns").unwrap().get_by_name("counter");
     for path in ["/", "/txn"] {
-        let mut tasks = Vec::new();
-        for _ in 0..200 {
+        // Queue every increment behind a closed gate, then open it: all are ready at once,
+        // the hardest case for the delivery path.
+        let (unblock, rx) = oneshot::channel::<()>();
+        *key.lock().unwrap() = Some(rx);
+        let blocker = tokio::spawn({
             let stub = stub.clone();
-            tasks.push(tokio::spawn(
-                async move { text(&stub, path).await.unwrap() },
-            ));
+            async move { text(&stub, "/block").await }
+        });
+        within("critical section", entered_rx.recv()).await.unwrap();
+        let mut calls: Vec<_> = (0..200).map(|_| Box::pin(text(&stub, path))).collect();
+        for c in calls.iter_mut() {
+            // The first poll sends the event.
+            assert!(futures::poll!(c.as_mut()).is_pending());
         }
-        let mut seen: Vec<u64> = Vec::new();
-        for t in tasks {
-            seen.push(within("increment", t).await.unwrap().parse().unwrap());
-        }
+        barrier(&rt).await;
+        unblock.send(()).unwrap();
+        let results = within("increments", futures::future::join_all(calls)).await;
+        let mut seen: Vec<u64> = results
+            .into_iter()
+            .map(|r| r.unwrap().parse().unwrap())
+            .collect();
         seen.sort();
         assert_eq!(seen, (1..=200).collect::<Vec<u64>>(), "{path}");
+        assert_eq!(
+            within("blocker", blocker).await.unwrap().unwrap(),
+            "unblocked"
+        );
     }
 }
