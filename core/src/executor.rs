@@ -158,7 +158,8 @@ pub(crate) fn run_thread(
         }
         // Dropping the slots and then the LocalSet cancels every task; callers still waiting
         // see their reply channel close (ObjectError::Shutdown).
-        exec.objects.borrow_mut().clear();
+        let objects = std::mem::take(&mut *exec.objects.borrow_mut());
+        drop(objects);
     });
 }
 
@@ -246,10 +247,14 @@ impl Slot {
     /// Called by a resetting context: forget the instance so the next event constructs anew.
     pub(crate) fn instance_reset(&self, serial: u64) {
         let mut inst = self.instance.borrow_mut();
-        if inst.as_ref().is_some_and(|i| i.ctx.inner.serial == serial) {
-            *inst = None;
-        }
+        let old = if inst.as_ref().is_some_and(|i| i.ctx.inner.serial == serial) {
+            inst.take()
+        } else {
+            None
+        };
+        // Dropped outside the borrow: an actor's destructor may reach back into the runtime.
         drop(inst);
+        drop(old);
         self.wake.notify_one();
     }
 
@@ -339,7 +344,8 @@ async fn object_loop(slot: Rc<Slot>) {
                     tracing::debug!(namespace = %slot.ns.name, object = %slot.id, "evicting idle Durable Object");
                     inst.actor.on_evict();
                     inst.ctx.inner.abort_tasks();
-                    *slot.instance.borrow_mut() = None;
+                    let old = slot.instance.borrow_mut().take();
+                    drop(old);
                 }
             }
         }
