@@ -280,6 +280,12 @@ impl Namespace {
         self.ids.id_from_string(hex)
     }
 
+    /// Checks that `id` belongs to this namespace (and its jurisdiction scope), e.g. before
+    /// `get` of an id that came from another binding.
+    pub fn validate(&self, id: &ObjectId) -> Result<(), IdError> {
+        self.ids.id_from_bytes(*id.bytes()).map(|_| ())
+    }
+
     /// `get(id)`: a stub at once; the object is activated by its first event.
     pub fn get(&self, id: ObjectId) -> Stub {
         let executor = self.shared.ring.executor_for(id.bytes());

@@ -1001,3 +1001,40 @@ async fn concurrent_read_modify_writes_never_lose_an_update() {
         );
     }
 }
+
+#[tokio::test]
+async fn set_alarm_replaces_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (run_tx, mut run_rx) = mpsc::unbounded_channel::<i64>();
+    let far = now_ms() + 3_600_000;
+    let soon = now_ms() + 20;
+    let script = Script::new(move |obj, _| {
+        Box::pin(async move {
+            let s = obj.ctx.storage();
+            s.set_alarm(far)?;
+            s.sync().await?;
+            s.set_alarm(soon)?;
+            Ok(format!("{:?}", s.get_alarm().await?))
+        })
+    })
+    .with_alarm(move |_, info| {
+        let _ = run_tx.send(info.scheduled_time);
+        Box::pin(async { Ok(()) })
+    });
+    let rt = Runtime::start(store.clone(), test_config(), vec![spec("ns", script)]).unwrap();
+    let ns = rt.namespace("ns").unwrap();
+    let stub = ns.get_by_name("x");
+    assert_eq!(text(&stub, "/").await.unwrap(), format!("Some({soon})"));
+    assert_eq!(within("alarm", run_rx.recv()).await.unwrap(), soon);
+    // The replaced time is gone from storage too: nothing is left to fire.
+    within("alarm cleared", async {
+        while !store.alarms().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(ns.validate(stub.id()).is_ok());
+    let foreign = IdFactory::from_unique_key("elsewhere").id_from_name("x");
+    assert_eq!(ns.validate(&foreign), Err(IdError::WrongNamespace));
+}
