@@ -11,6 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -92,6 +93,7 @@ pub(crate) struct Executor {
     store: Arc<Store>,
     cfg: Arc<RuntimeConfig>,
     namespaces: Arc<HashMap<String, Arc<NamespaceEntry>>>,
+    live: Arc<AtomicUsize>,
     objects: RefCell<HashMap<[u8; 32], Rc<Slot>>>,
     alarms: Rc<AlarmScheduler>,
     serial: Cell<u64>,
@@ -104,6 +106,7 @@ pub(crate) fn run_thread(
     store: Arc<Store>,
     cfg: Arc<RuntimeConfig>,
     namespaces: Arc<HashMap<String, Arc<NamespaceEntry>>>,
+    live: Arc<AtomicUsize>,
 ) {
     ON_EXECUTOR.with(|c| c.set(true));
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -125,6 +128,7 @@ pub(crate) fn run_thread(
             store,
             cfg,
             namespaces,
+            live,
             objects: RefCell::new(HashMap::new()),
             alarms: Rc::new(AlarmScheduler::default()),
             serial: Cell::new(0),
@@ -241,6 +245,13 @@ pub(crate) struct Slot {
 struct Instance {
     ctx: ActorContext,
     actor: Rc<dyn Actor>,
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, AtomicOrdering::Relaxed);
+    }
 }
 
 impl Slot {
@@ -282,9 +293,11 @@ impl Slot {
                 return Err(ActorError::new("Durable Object constructor panicked"));
             }
         };
+        exec.live.fetch_add(1, AtomicOrdering::Relaxed);
         let inst = Rc::new(Instance {
             ctx,
             actor: Rc::from(actor),
+            live: exec.live.clone(),
         });
         *self.instance.borrow_mut() = Some(inst.clone());
         Ok(inst)

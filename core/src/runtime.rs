@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -111,6 +112,7 @@ struct Shared {
     threads: Mutex<Vec<JoinHandle<()>>>,
     ring: ExecutorRing,
     namespaces: Arc<HashMap<String, Arc<NamespaceEntry>>>,
+    live: Arc<AtomicUsize>,
 }
 
 impl Drop for Shared {
@@ -163,15 +165,17 @@ impl Runtime {
             alarms[ring.executor_for(&id)].push((id, at));
         }
         let cfg = Arc::new(cfg);
+        let live = Arc::new(AtomicUsize::new(0));
         let mut senders = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
         for (index, alarms) in alarms.into_iter().enumerate() {
             let (tx, rx) = mpsc::unbounded_channel();
             let _ = tx.send(Command::LoadAlarms(alarms));
-            let (store, cfg, namespaces) = (store.clone(), cfg.clone(), namespaces.clone());
+            let (store, cfg, namespaces, live) =
+                (store.clone(), cfg.clone(), namespaces.clone(), live.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("cinder-exec-{index}"))
-                .spawn(move || executor::run_thread(index, rx, store, cfg, namespaces));
+                .spawn(move || executor::run_thread(index, rx, store, cfg, namespaces, live));
             match handle {
                 Ok(h) => {
                     senders.push(tx);
@@ -191,6 +195,7 @@ impl Runtime {
                 threads: Mutex::new(handles),
                 ring,
                 namespaces,
+                live,
             }),
         })
     }
@@ -203,6 +208,12 @@ impl Runtime {
             entry,
             shared: self.shared.clone(),
         })
+    }
+
+    /// Object instances currently in memory, over all executor threads (metrics, memory
+    /// benchmarks, eviction checks).
+    pub fn live_objects(&self) -> usize {
+        self.shared.live.load(Ordering::Relaxed)
     }
 
     /// Number of executor threads.

@@ -780,7 +780,14 @@ async fn an_evicted_object_comes_back_with_its_storage() {
     let rt = Runtime::start(open(dir.path()), cfg, vec![spec("ns", script)]).unwrap();
     let stub = rt.namespace("ns").unwrap().get_by_name("x");
     assert_eq!(text(&stub, "/").await.unwrap(), "stored=1 mem=1");
+    assert_eq!(rt.live_objects(), 1);
     assert_eq!(within("eviction", evicted_rx.recv()).await.unwrap(), "x");
+    within("instance dropped", async {
+        while rt.live_objects() != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     assert_eq!(text(&stub, "/").await.unwrap(), "stored=2 mem=1");
     assert_eq!(constructed.load(Ordering::SeqCst), 2);
 }
