@@ -210,7 +210,6 @@ pub(crate) fn run_alarm(
             })
             .await;
         inner.running_alarm.set(None);
-        unfinished.done = true;
         // Whether the slot still holds this alarm, i.e. the handler did not set a new one.
         let still_ours = matches!(inner.raw.get_alarm(), Ok(Some(t)) if t == scheduled_time);
         match result {
@@ -218,9 +217,15 @@ pub(crate) fn run_alarm(
                 if still_ours {
                     ctx.storage().delete_alarm()?;
                 }
+                // Until clearing the slot is durable, a reset (which discards the write) must
+                // still lead to another run: `unfinished` schedules it if we never get past
+                // this await.
+                ctx.storage().sync().await?;
+                unfinished.done = true;
                 Ok(Reply::Alarm)
             }
             Err(e) => {
+                unfinished.done = true;
                 if still_ours {
                     if retry_count < inner.cfg.alarm_max_retries {
                         let delay = retry_delay(&inner.cfg, retry_count);

@@ -1045,3 +1045,40 @@ async fn set_alarm_replaces_the_previous_one() {
     let foreign = IdFactory::from_unique_key("elsewhere").id_from_name("x");
     assert_eq!(ns.validate(&foreign), Err(IdError::WrongNamespace));
 }
+
+#[tokio::test]
+async fn an_alarm_whose_clearing_write_fails_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (run_tx, mut run_rx) = mpsc::unbounded_channel::<u32>();
+    let script = Script::new(|obj, _| {
+        Box::pin(async move {
+            obj.ctx.storage().set_alarm(1)?;
+            Ok(String::new())
+        })
+    })
+    .with_alarm(move |_, info| {
+        if info.retry_count == 0 {
+            // The handler succeeds, but the batch that clears the slot will not be durable.
+            crate::context::tests_hook::fail_next_flush();
+        }
+        let _ = run_tx.send(info.retry_count);
+        Box::pin(async { Ok(()) })
+    });
+    let cfg = RuntimeConfig {
+        alarm_retry_base: Duration::from_millis(1),
+        ..test_config()
+    };
+    let rt = Runtime::start(store.clone(), cfg, vec![spec("ns", script)]).unwrap();
+    text(&rt.namespace("ns").unwrap().get_by_name("x"), "/")
+        .await
+        .unwrap();
+    assert_eq!(within("first run", run_rx.recv()).await.unwrap(), 0);
+    assert_eq!(within("second run", run_rx.recv()).await.unwrap(), 1);
+    within("alarm cleared", async {
+        while !store.alarms().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
