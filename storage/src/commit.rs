@@ -8,8 +8,9 @@
 //! an fsync runs waits for the next one, which is what makes the group.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
@@ -38,6 +39,13 @@ struct State {
 pub(crate) struct Shared {
     /// Number of batches committed to fjall (= highest sequence number handed out).
     committed: AtomicU64,
+    /// Mirror of `State::durable` for the lock-free fast path of [`Commit`].
+    durable: AtomicU64,
+    /// The syncer is about to wait or waiting on `wake`, so a new commit must notify it.
+    /// (Dekker-style with `committed`: the syncer sets this, then re-reads `committed`; a
+    /// committer bumps `committed`, then reads this. SeqCst on both sides means at least one
+    /// of them sees the other's write, so no commit is left unnoticed.)
+    syncer_idle: AtomicBool,
     state: Mutex<State>,
     /// Wakes the syncer: new commits, a released hold, or shutdown.
     wake: Condvar,
@@ -57,9 +65,11 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    pub(crate) fn start(db: Database, mode: PersistMode) -> std::io::Result<Self> {
+    pub(crate) fn start(db: Database, dir: PathBuf, mode: PersistMode) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             committed: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            syncer_idle: AtomicBool::new(false),
             state: Mutex::new(State {
                 durable: 0,
                 synced: 0,
@@ -75,7 +85,10 @@ impl Committer {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("cinder-storage-sync".into())
-            .spawn(move || sync_loop(&s, &db, mode))?;
+            .spawn(move || {
+                let mut journal = JournalSync::new(dir);
+                sync_loop(&s, &db, mode, &mut journal)
+            })?;
         Ok(Self {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -85,9 +98,13 @@ impl Committer {
     /// Registers a batch that fjall has just committed; returns its [`Commit`].
     pub(crate) fn committed(&self) -> Commit {
         let seq = self.shared.committed.fetch_add(1, Ordering::SeqCst) + 1;
-        // Taking the lock orders this notify after the syncer's check-then-wait.
-        drop(self.shared.lock());
-        self.shared.wake.notify_one();
+        // Only an idle syncer needs the (syscall-costly) notify; a busy one re-reads
+        // `committed` before it waits again. Taking the lock orders the notify after the
+        // syncer's check-then-wait.
+        if self.shared.syncer_idle.load(Ordering::SeqCst) {
+            drop(self.shared.lock());
+            self.shared.wake.notify_one();
+        }
         Commit {
             inner: CommitInner::Pending {
                 seq,
@@ -105,6 +122,10 @@ impl Committer {
 
     pub(crate) fn failure(&self) -> Option<StorageError> {
         self.shared.lock().failed.clone()
+    }
+
+    pub(crate) fn is_held(&self) -> bool {
+        self.shared.lock().holds > 0
     }
 
     pub(crate) fn hold(&self) -> DurabilityHold {
@@ -132,11 +153,77 @@ impl Committer {
     }
 }
 
-fn sync_loop(shared: &Shared, db: &Database, mode: PersistMode) {
+/// Makes everything committed so far durable per `mode`.
+///
+/// `Database::persist(SyncData)` would fdatasync while holding fjall's journal lock, which
+/// blocks every commit for the length of the fsync and so stops the next group from forming.
+/// Instead: `persist(Buffer)` under the lock (a `write(2)` of fjall's journal buffer), then
+/// `fdatasync` of the active journal through our own descriptor, outside the lock. That covers
+/// every batch committed before the call: such a batch is either in the journal file that is
+/// newest when we look (we sync it; fdatasync acts on the file, whichever descriptor wrote it),
+/// or in an older one, and fjall `SyncAll`s a journal before it rotates to the next.
+fn persist(
+    db: &Database,
+    mode: PersistMode,
+    journal: &mut JournalSync,
+) -> Result<(), StorageError> {
+    db.persist(PersistMode::Buffer)?;
+    match mode {
+        PersistMode::Buffer => Ok(()),
+        PersistMode::SyncData | PersistMode::SyncAll => journal
+            .sync_newest()
+            .map_err(|e| StorageError::Durability(format!("fdatasync of the journal: {e}"))),
+    }
+}
+
+/// Our own descriptor on fjall's active journal (`<dir>/<n>.jnl`, highest n).
+struct JournalSync {
+    dir: PathBuf,
+    open: Option<(u64, std::fs::File)>,
+}
+
+impl JournalSync {
+    fn new(dir: PathBuf) -> Self {
+        Self { dir, open: None }
+    }
+
+    fn newest(&self) -> std::io::Result<Option<u64>> {
+        let mut max = None;
+        for e in std::fs::read_dir(&self.dir)? {
+            let name = e?.file_name();
+            let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".jnl"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            max = max.max(Some(n));
+        }
+        Ok(max)
+    }
+
+    fn sync_newest(&mut self) -> std::io::Result<()> {
+        let Some(n) = self.newest()? else {
+            return Err(std::io::Error::other("no journal file found"));
+        };
+        if self.open.as_ref().map(|(id, _)| *id) != Some(n) {
+            let f = std::fs::File::open(self.dir.join(format!("{n}.jnl")))?;
+            self.open = Some((n, f));
+        }
+        match &self.open {
+            Some((_, f)) => f.sync_data(),
+            None => Ok(()),
+        }
+    }
+}
+
+fn sync_loop(shared: &Shared, db: &Database, mode: PersistMode, journal: &mut JournalSync) {
     let mut st = shared.lock();
     loop {
         if st.holds == 0 && (st.synced > st.durable || st.failed.is_some()) {
             st.durable = st.durable.max(st.synced);
+            shared.durable.store(st.durable, Ordering::SeqCst);
             let durable = st.durable;
             let failed = st.failed.is_some();
             st.waiters.retain(|(seq, w)| {
@@ -148,6 +235,7 @@ fn sync_loop(shared: &Shared, db: &Database, mode: PersistMode) {
                 }
             });
         }
+        shared.syncer_idle.store(true, Ordering::SeqCst);
         let target = shared.committed.load(Ordering::SeqCst);
         let work = target > st.synced && st.failed.is_none();
         if st.shutdown && (!work || st.holds > 0) {
@@ -164,9 +252,10 @@ fn sync_loop(shared: &Shared, db: &Database, mode: PersistMode) {
             st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
             continue;
         }
+        shared.syncer_idle.store(false, Ordering::SeqCst);
         drop(st);
         let started = Instant::now();
-        let result = db.persist(mode);
+        let result = persist(db, mode, journal);
         let took = started.elapsed();
         st = shared.lock();
         st.syncs += 1;
@@ -247,6 +336,9 @@ impl Future for Commit {
         match &mut self.inner {
             CommitInner::Done(r) => Poll::Ready(r.take().unwrap_or(Ok(()))),
             CommitInner::Pending { seq, shared } => {
+                if *seq <= shared.durable.load(Ordering::SeqCst) {
+                    return Poll::Ready(Ok(()));
+                }
                 let mut st = shared.lock();
                 if let Some(r) = Self::check(*seq, &st) {
                     return Poll::Ready(r);

@@ -140,8 +140,9 @@ impl Store {
                 db.persist(PersistMode::SyncAll)?;
             }
         }
-        let committer = Committer::start(db.clone(), persist_mode(cfg.durability))
-            .map_err(|e| StorageError::Engine(format!("starting syncer thread: {e}")))?;
+        let committer =
+            Committer::start(db.clone(), dir.to_path_buf(), persist_mode(cfg.durability))
+                .map_err(|e| StorageError::Engine(format!("starting syncer thread: {e}")))?;
         Ok(Arc::new(Store {
             db,
             data,
