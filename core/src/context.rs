@@ -68,6 +68,9 @@ pub(crate) struct CtxInner {
 pub(crate) struct TurnLocks {
     pub(crate) confirmed: Option<OutputLock>,
     pub(crate) all: OutputLock,
+    /// The alarm change this batch carries (`Some(None)`: deleted), applied to the scheduler
+    /// only once the batch is durable, so the scheduler never runs ahead of storage.
+    pub(crate) alarm: Option<Option<i64>>,
 }
 
 impl ActorContext {
@@ -251,6 +254,7 @@ impl ActorContext {
         let locks = turn.get_or_insert_with(|| TurnLocks {
             confirmed: None,
             all: inner.all_writes.lock(),
+            alarm: None,
         });
         if !allow_unconfirmed && locks.confirmed.is_none() {
             locks.confirmed = Some(inner.output.lock());
@@ -293,6 +297,11 @@ impl ActorContext {
         };
         match result {
             Ok(()) => {
+                match locks.alarm {
+                    Some(Some(at)) => inner.alarms.schedule(&inner.id, &inner.ns, at),
+                    Some(None) => inner.alarms.cancel(inner.id.bytes()),
+                    None => {}
+                }
                 if let Some(l) = locks.confirmed {
                     l.confirm();
                 }
@@ -309,6 +318,14 @@ impl ActorContext {
                 locks.all.fail(reason.clone());
                 self.inner.reset(&reason.0);
             }
+        }
+    }
+
+    /// Notes an alarm change made in the current turn (which must exist: call after the
+    /// write).
+    pub(crate) fn note_alarm(&self, change: Option<i64>) {
+        if let Some(turn) = self.inner.turn.borrow_mut().as_mut() {
+            turn.alarm = Some(change);
         }
     }
 

@@ -154,11 +154,13 @@ impl Storage {
         f: impl FnOnce(&cinder_storage::Transaction<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         let raw = &self.ctx.inner.raw;
+        let alarm_before = raw.get_alarm();
         let txn = raw.transaction();
         let out = f(&txn);
         if out.is_ok() && !txn.is_rolled_back() {
             txn.commit();
             self.ctx.note_write(false);
+            self.after_transaction(alarm_before);
         }
         out
     }
@@ -175,13 +177,29 @@ impl Storage {
     {
         let _lock = self.ctx.inner.input.lock();
         let raw = &self.ctx.inner.raw;
+        let alarm_before = raw.get_alarm();
         let txn = raw.transaction();
         let out = self.ctx.in_critical_section(f(&txn)).await;
         if out.is_ok() && !txn.is_rolled_back() {
             txn.commit();
             self.ctx.note_write(false);
+            self.after_transaction(alarm_before);
         }
         out
+    }
+
+    /// A transaction may have set or deleted the alarm (`txn.setAlarm()`): tell the scheduler
+    /// (once the batch is durable), as [`Storage::set_alarm`] does.
+    fn after_transaction(&self, before: Result<Option<i64>, StorageError>) {
+        let after = self.ctx.inner.raw.get_alarm();
+        if let (Ok(before), Ok(after)) = (before, after) {
+            if before != after {
+                if after.is_some() {
+                    self.ctx.write_meta();
+                }
+                self.ctx.note_alarm(after);
+            }
+        }
     }
 
     /// `sync()`: resolves when every write issued so far (including `allow_unconfirmed` ones)
@@ -209,12 +227,10 @@ impl Storage {
 
     /// `setAlarm(at_ms, options)`.
     pub fn set_alarm_with(&self, at_ms: i64, opts: WriteOptions) -> Result<(), StorageError> {
-        let inner = &self.ctx.inner;
         self.write(opts, |s| s.set_alarm(at_ms))?;
         self.ctx.write_meta();
-        // If the batch never becomes durable the scheduler finds the slot empty when the time
-        // comes and skips the alarm: storage, not this map, is the truth.
-        inner.alarms.schedule(&inner.id, &inner.ns, at_ms);
+        // The scheduler learns of it once the batch is durable.
+        self.ctx.note_alarm(Some(at_ms));
         Ok(())
     }
 
@@ -225,9 +241,8 @@ impl Storage {
 
     /// `deleteAlarm(options)`.
     pub fn delete_alarm_with(&self, opts: WriteOptions) -> Result<(), StorageError> {
-        let inner = &self.ctx.inner;
         self.write(opts, |s| s.delete_alarm())?;
-        inner.alarms.cancel(inner.id.bytes());
+        self.ctx.note_alarm(None);
         Ok(())
     }
 

@@ -1057,13 +1057,18 @@ async fn an_alarm_whose_clearing_write_fails_runs_again() {
             Ok(String::new())
         })
     })
-    .with_alarm(move |_, info| {
-        if info.retry_count == 0 {
-            // The handler succeeds, but the batch that clears the slot will not be durable.
-            crate::context::tests_hook::fail_next_flush();
-        }
-        let _ = run_tx.send(info.retry_count);
-        Box::pin(async { Ok(()) })
+    .with_alarm(move |obj, info| {
+        let run_tx = run_tx.clone();
+        Box::pin(async move {
+            // The alarm may fire before the batch that set it is flushed; let that one land.
+            obj.ctx.storage().sync().await?;
+            if info.retry_count == 0 {
+                // The handler succeeds, but the batch that clears the slot will not be durable.
+                crate::context::tests_hook::fail_next_flush();
+            }
+            let _ = run_tx.send(info.retry_count);
+            Ok(())
+        })
     });
     let cfg = RuntimeConfig {
         alarm_retry_base: Duration::from_millis(1),
@@ -1081,4 +1086,27 @@ async fn an_alarm_whose_clearing_write_fails_runs_again() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_alarm_set_inside_a_transaction_fires() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run_tx, mut run_rx) = mpsc::unbounded_channel::<i64>();
+    let script = Script::new(|obj, _| {
+        Box::pin(async move {
+            obj.ctx
+                .storage()
+                .transaction(|txn| txn.set_alarm(7).map_err(ActorError::from))?;
+            Ok(String::new())
+        })
+    })
+    .with_alarm(move |_, info| {
+        let _ = run_tx.send(info.scheduled_time);
+        Box::pin(async { Ok(()) })
+    });
+    let rt = Runtime::start(open(dir.path()), test_config(), vec![spec("ns", script)]).unwrap();
+    text(&rt.namespace("ns").unwrap().get_by_name("x"), "/")
+        .await
+        .unwrap();
+    assert_eq!(within("alarm", run_rx.recv()).await.unwrap(), 7);
 }
