@@ -2,7 +2,8 @@
 //!
 //! Storage is the truth; the scheduler only knows *when to look*. At start-up every executor
 //! loads the alarms of its objects from [`cinder_storage::Store::alarms`], so alarms survive
-//! restarts and wake evicted objects. When an entry comes due, an alarm event goes through the
+//! restarts and wake evicted objects. Later changes (`set_alarm`, `delete_alarm`, a
+//! transaction's) reach the scheduler when their batch is durable, never before. When an entry comes due, an alarm event goes through the
 //! object's queue and gates like any other event, and before the handler runs the object's
 //! alarm slot is read again: an alarm that was replaced or deleted (or whose write never became
 //! durable) is skipped.
