@@ -12,6 +12,21 @@
 //!   or once by the JS host); [`ActorContext`] and [`Storage`] are what it gets back.
 //! - Alarms (persisted, at-least-once, retried) and idle eviction live in the runtime.
 //!
+//! ## For hosts (the JS engine, the gateway)
+//!
+//! | JS / platform                        | here                                                   |
+//! |--------------------------------------|--------------------------------------------------------|
+//! | class constructor                    | [`ActorFactory::create`], on the object's executor thread |
+//! | per-thread isolate set-up            | [`RuntimeConfig::on_thread_start`]                     |
+//! | `fetch` / RPC / WS message handlers  | [`Actor::fetch`] / [`Actor::call`] via [`Stub::fetch`] / [`Stub::call`] |
+//! | `alarm({retryCount, isRetry})`       | [`Actor::alarm`] with [`AlarmInfo`]                    |
+//! | `ctx.storage.*`                      | [`ActorContext::storage`] ([`Storage`])                |
+//! | `blockConcurrencyWhile`, `waitUntil`, `abort` | [`ActorContext::block_concurrency_while`], [`ActorContext::wait_until`], [`ActorContext::reset`] |
+//! | outbound `fetch()`, KV/R2 writes, calls to other objects | wrap the I/O in [`ActorContext::outbound`] |
+//! | timers, reads of incoming streams    | wrap the wait in [`ActorContext::gated`]               |
+//! | `ws.send()` and other pure output    | await [`OutputGate::wait`] ([`ActorContext::output_gate`]) first |
+//! | hibernation (later)                  | [`Actor::idle_policy`] + [`Actor::on_evict`]           |
+//!
 //! ```no_run
 //! # use std::sync::Arc;
 //! # use cinder_core::*;
