@@ -1110,3 +1110,44 @@ async fn an_alarm_set_inside_a_transaction_fires() {
         .unwrap();
     assert_eq!(within("alarm", run_rx.recv()).await.unwrap(), 7);
 }
+
+#[tokio::test]
+async fn a_panicking_handler_resets_the_object_and_the_caller_hears_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::new(|obj, path| {
+        Box::pin(async move {
+            obj.mem.set(obj.mem.get() + 1);
+            if path == "/panic" {
+                panic!("handler bug");
+            }
+            Ok(format!("mem={}", obj.mem.get()))
+        })
+    });
+    let constructed = script.constructed.clone();
+    let rt = Runtime::start(open(dir.path()), test_config(), vec![spec("ns", script)]).unwrap();
+    let stub = rt.namespace("ns").unwrap().get_by_name("x");
+    assert_eq!(text(&stub, "/").await.unwrap(), "mem=1");
+    let err = within("panic", text(&stub, "/panic")).await.unwrap_err();
+    assert!(
+        matches!(&err, ObjectError::Reset(m) if m.contains("panicked")),
+        "{err:?}"
+    );
+    assert_eq!(text(&stub, "/").await.unwrap(), "mem=1");
+    assert_eq!(constructed.load(Ordering::SeqCst), 2);
+    // The executor thread survived: other objects still work.
+    let other = rt.namespace("ns").unwrap().get_by_name("y");
+    assert_eq!(text(&other, "/").await.unwrap(), "mem=1");
+}
+
+#[test]
+fn duplicate_namespaces_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = || Script::new(|_, _| Box::pin(async { Ok(String::new()) }));
+    let err = Runtime::start(
+        open(dir.path()),
+        test_config(),
+        vec![spec("ns", s()), spec("ns", s())],
+    )
+    .unwrap_err();
+    assert!(matches!(err, RuntimeError::DuplicateNamespace(ref n) if n == "ns"));
+}
