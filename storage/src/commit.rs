@@ -124,10 +124,6 @@ impl Committer {
         self.shared.lock().failed.clone()
     }
 
-    pub(crate) fn is_held(&self) -> bool {
-        self.shared.lock().holds > 0
-    }
-
     pub(crate) fn hold(&self) -> DurabilityHold {
         self.shared.lock().holds += 1;
         DurabilityHold {

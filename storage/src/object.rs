@@ -11,7 +11,7 @@ use crate::keys::{self, ObjectId, Section};
 use crate::limits;
 use crate::list::{self, ListOptions, SuffixRange};
 use crate::overlay::{Turn, View};
-use crate::store::{Durability, Store};
+use crate::store::Store;
 use crate::transaction::Transaction;
 
 /// Options of point reads.
@@ -376,12 +376,7 @@ impl Store {
             Some(None) => batch.remove(&self.alarms, id.to_vec()),
             None => {}
         }
-        // Process durability only needs the journal bytes handed to the kernel: one write(2)
-        // inside fjall's commit is cheaper than a hand-off to the syncer thread and back. The
-        // test hook still routes through the syncer so that a hold holds.
-        let inline = self.sync_each_batch
-            || (self.durability == Durability::Process && !self.committer.is_held());
-        if inline {
+        if self.sync_each_batch {
             batch = batch.durability(Some(self.persist_mode()));
         }
         let result = batch.commit();
@@ -397,7 +392,7 @@ impl Store {
         }
         match result {
             Err(e) => self.committer.ready(Err(e.into())),
-            Ok(()) if inline => self.committer.ready(Ok(())),
+            Ok(()) if self.sync_each_batch => self.committer.ready(Ok(())),
             Ok(()) => self.committer.committed(),
         }
     }

@@ -351,3 +351,47 @@ fn raw_sections_are_separate_from_kv_and_flush_in_the_same_batch() {
     assert_eq!(o.raw_range(Section::Sql, b"", None).unwrap(), vec![]);
     assert_eq!(o.raw_get(Section::Meta, b"m").unwrap(), Some(b("m")));
 }
+
+#[test]
+fn a_failed_persist_fails_every_pending_commit_and_later_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let objects: Vec<_> = (0..3).map(|n| store.object(id(n))).collect();
+    objects[0].put("before", b("ok")).unwrap();
+    objects[0].flush().unwrap().wait().unwrap();
+
+    let hold = store.hold_durability();
+    let commits: Vec<_> = objects
+        .iter()
+        .map(|o| {
+            o.put("k", b("v")).unwrap();
+            o.flush().unwrap()
+        })
+        .collect();
+    // Pull the journal out from under the store: the next fdatasync cannot happen.
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "jnl") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    drop(hold);
+    for c in commits {
+        let e = c.wait().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        assert!(matches!(e, StorageError::Durability(_)), "{e}");
+    }
+    objects[1].put("after", b("x")).unwrap();
+    let e = objects[1].flush().unwrap().wait().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Internal);
+}
+
+#[test]
+fn handles_and_commits_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Store>();
+    check::<cinder_storage::ObjectStorage>();
+    check::<cinder_storage::Commit>();
+    check::<cinder_storage::Transaction<'static>>();
+    check::<cinder_storage::DurabilityHold>();
+}

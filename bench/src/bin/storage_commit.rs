@@ -29,7 +29,7 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Writes per object in the `group` and `nofsync` modes.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 100)]
     rounds: usize,
     /// Writes per object in the `each` mode (it is slow: one fsync each).
     #[arg(long, default_value_t = 1)]
@@ -37,6 +37,10 @@ struct Args {
     /// Value size in bytes.
     #[arg(long, default_value_t = 64)]
     value_bytes: usize,
+    /// Run the three modes this many times, interleaved; the summary uses each mode's median
+    /// (shared machines are noisy).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Directory for the databases (default: a temp dir under ./target). Must be on the disk
     /// you want to measure, not tmpfs.
     #[arg(long)]
@@ -189,27 +193,42 @@ fn main() {
         (Mode::Each, "one fsync per write", args.each_rounds),
         (Mode::NoFsync, "no fsync (process)", args.rounds),
     ];
-    let mut rates = Vec::new();
-    for (i, (mode, label, rounds)) in modes.iter().enumerate() {
-        let dir = tmp.path().join(format!("db{i}"));
-        let r = run(&dir, *mode, &args, *rounds);
-        let groups = if r.syncs > 0 {
-            format!(
-                ", {} group persists of {:.2?} avg, {:.0} writes each",
-                r.syncs,
-                r.sync_time / r.syncs as u32,
-                r.writes as f64 / r.syncs as f64
-            )
-        } else {
-            String::new()
-        };
-        println!(
-            "{label:<22} {:>9.0} writes/s  ({} writes in {:.2?}{groups})",
-            r.per_sec(),
-            r.writes,
-            r.elapsed,
-        );
-        rates.push(r.per_sec());
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for rep in 0..args.repeat.max(1) {
+        for (i, (mode, label, rounds)) in modes.iter().enumerate() {
+            let dir = tmp.path().join(format!("db{rep}-{i}"));
+            let r = run(&dir, *mode, &args, *rounds);
+            let groups = if r.syncs > 0 {
+                format!(
+                    ", {} group persists of {:.2?} avg, {:.0} writes each",
+                    r.syncs,
+                    r.sync_time / r.syncs as u32,
+                    r.writes as f64 / r.syncs as f64
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "{label:<22} {:>9.0} writes/s  ({} writes in {:.2?}{groups})",
+                r.per_sec(),
+                r.writes,
+                r.elapsed,
+            );
+            rates[i].push(r.per_sec());
+            // Free the disk space between runs.
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let rates: Vec<f64> = rates
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        })
+        .collect();
+    println!("medians:");
+    for ((_, label, _), r) in modes.iter().zip(&rates) {
+        println!("{label:<22} {r:>9.0} writes/s");
     }
     println!(
         "group commit / one fsync per write: {:.1}x (target >= 50x when fsync >= 1 ms)",
