@@ -1151,3 +1151,46 @@ fn duplicate_namespaces_are_refused() {
     .unwrap_err();
     assert!(matches!(err, RuntimeError::DuplicateNamespace(ref n) if n == "ns"));
 }
+
+#[tokio::test]
+async fn outbound_io_starts_only_after_earlier_writes_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel::<&'static str>();
+    let script = Script::new(move |obj, _| {
+        let started_tx = started_tx.clone();
+        Box::pin(async move {
+            obj.ctx.storage().put("k", Bytes::from_static(b"v"))?;
+            let _ = started_tx.send("handler");
+            // The "request" is sent when this future first runs.
+            obj.ctx
+                .outbound(async move {
+                    let _ = started_tx.send("io");
+                })
+                .await?;
+            Ok("sent".into())
+        })
+    });
+    let rt = Runtime::start(
+        store.clone(),
+        test_config(),
+        vec![spec("ns", script), barrier_spec()],
+    )
+    .unwrap();
+    let stub = rt.namespace("ns").unwrap().get_by_name("x");
+    let hold = store.hold_durability();
+    let call = tokio::spawn({
+        let stub = stub.clone();
+        async move { text(&stub, "/").await }
+    });
+    assert_eq!(within("handler", started_rx.recv()).await, Some("handler"));
+    barrier(&rt).await;
+    barrier(&rt).await;
+    assert!(
+        started_rx.try_recv().is_err(),
+        "I/O left before the write was durable"
+    );
+    drop(hold);
+    assert_eq!(within("io", started_rx.recv()).await, Some("io"));
+    assert_eq!(within("reply", call).await.unwrap().unwrap(), "sent");
+}
