@@ -34,3 +34,6 @@ pub use cursor::{Cursor, Row, SqlValue};
 pub use db::{memory_used, set_memory_budget, SqlConfig, SqlStorage, DEFAULT_MEMORY_BUDGET};
 pub use error::SqlError;
 pub use kv::Kv;
+/// The SQLite binding this crate links (its bundled SQLite carries the VFS), for callers that
+/// need a plain SQLite next to it: the differential tests' reference, the benchmark's baseline.
+pub use rusqlite;
