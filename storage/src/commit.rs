@@ -109,6 +109,7 @@ impl Committer {
             inner: CommitInner::Pending {
                 seq,
                 shared: self.shared.clone(),
+                registered: None,
             },
         }
     }
@@ -297,7 +298,13 @@ pub struct Commit {
 }
 
 enum CommitInner {
-    Pending { seq: u64, shared: Arc<Shared> },
+    Pending {
+        seq: u64,
+        shared: Arc<Shared>,
+        /// The waker last registered with the syncer: polling again with the same task does
+        /// not register it twice.
+        registered: Option<Waker>,
+    },
     Done(Option<Result<(), StorageError>>),
 }
 
@@ -313,7 +320,7 @@ impl Commit {
     /// Whether the batch is already durable (or failed). Never blocks.
     pub fn is_done(&self) -> bool {
         match &self.inner {
-            CommitInner::Pending { seq, shared } => Self::check(*seq, &shared.lock()).is_some(),
+            CommitInner::Pending { seq, shared, .. } => Self::check(*seq, &shared.lock()).is_some(),
             CommitInner::Done(_) => true,
         }
     }
@@ -331,7 +338,11 @@ impl Future for Commit {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.inner {
             CommitInner::Done(r) => Poll::Ready(r.take().unwrap_or(Ok(()))),
-            CommitInner::Pending { seq, shared } => {
+            CommitInner::Pending {
+                seq,
+                shared,
+                registered,
+            } => {
                 if *seq <= shared.durable.load(Ordering::SeqCst) {
                     return Poll::Ready(Ok(()));
                 }
@@ -339,7 +350,10 @@ impl Future for Commit {
                 if let Some(r) = Self::check(*seq, &st) {
                     return Poll::Ready(r);
                 }
-                st.waiters.push((*seq, cx.waker().clone()));
+                if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    st.waiters.push((*seq, cx.waker().clone()));
+                    *registered = Some(cx.waker().clone());
+                }
                 Poll::Pending
             }
         }

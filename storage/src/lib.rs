@@ -26,6 +26,6 @@ pub use error::{ErrorKind, StorageError};
 pub use keys::{ObjectId, Section};
 pub use limits::{ENFORCED_MAX_VALUE_BYTES, MAX_KEYS_PER_CALL, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use list::ListOptions;
-pub use object::{ObjectStorage, ReadOptions};
+pub use object::{ObjectStorage, ReadOptions, WriteOptions};
 pub use store::{Durability, EngineStats, Store, StoreConfig, StoreTuning};
 pub use transaction::Transaction;

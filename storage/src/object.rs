@@ -14,6 +14,14 @@ use crate::overlay::{Turn, View};
 use crate::store::Store;
 use crate::transaction::Transaction;
 
+/// Options of writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Don't keep the written value in the read cache (Cloudflare's `noCache`): after the
+    /// flush the key is dropped from the cache instead of refreshed.
+    pub no_cache: bool,
+}
+
 /// Options of point reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadOptions {
@@ -180,19 +188,37 @@ impl ObjectStorage {
         self.with_view(|v| ops::get_many(v, keys, opts))
     }
 
+    /// Buffers `key = value` in this turn's batch.
     pub fn put(&self, key: &str, value: Bytes) -> Result<(), StorageError> {
+        self.put_with(key, value, WriteOptions::default())
+    }
+
+    pub fn put_with(
+        &self,
+        key: &str,
+        value: Bytes,
+        opts: WriteOptions,
+    ) -> Result<(), StorageError> {
         limits::check_key(key)?;
         limits::check_value(&value)?;
-        self.turn().writes.insert(kv(key), Some(value));
+        self.turn().write(kv(key), Some(value), opts.no_cache);
         Ok(())
     }
 
     /// All entries or none: limits are checked for every entry before any is buffered.
     pub fn put_many(&self, entries: Vec<(String, Bytes)>) -> Result<(), StorageError> {
+        self.put_many_with(entries, WriteOptions::default())
+    }
+
+    pub fn put_many_with(
+        &self,
+        entries: Vec<(String, Bytes)>,
+        opts: WriteOptions,
+    ) -> Result<(), StorageError> {
         ops::check_entries(&entries)?;
         let mut turn = self.turn();
         for (k, v) in entries {
-            turn.writes.insert(kv(&k), Some(v));
+            turn.write(kv(&k), Some(v), opts.no_cache);
         }
         Ok(())
     }
@@ -212,7 +238,7 @@ impl ObjectStorage {
             .get(&s, false)?
             .is_some()
         };
-        turn.writes.insert(s, None);
+        turn.write(s, None, false);
         Ok(existed)
     }
 
@@ -231,7 +257,7 @@ impl ObjectStorage {
             )?
         };
         for k in keys {
-            turn.writes.insert(kv(k), None);
+            turn.write(kv(k), None, false);
         }
         Ok(n)
     }
@@ -296,12 +322,11 @@ impl ObjectStorage {
 
     pub fn raw_put(&self, section: Section, key: &[u8], value: Bytes) {
         self.turn()
-            .writes
-            .insert(keys::suffix(section, key), Some(value));
+            .write(keys::suffix(section, key), Some(value), false);
     }
 
     pub fn raw_delete(&self, section: Section, key: &[u8]) {
-        self.turn().writes.insert(keys::suffix(section, key), None);
+        self.turn().write(keys::suffix(section, key), None, false);
     }
 
     /// Entries of `section` with `start <= key < end` (no end: to the end of the section), in
@@ -348,7 +373,7 @@ impl ObjectStorage {
             .map(|(k, _)| k.clone())
             .collect();
         for k in committed.into_iter().chain(pending) {
-            turn.writes.insert(k, None);
+            turn.write(k, None, false);
         }
         Ok(())
     }
@@ -384,7 +409,7 @@ impl Store {
         // commit failed, so no reader trusts a value from before an unknown outcome).
         for (suffix, v) in turn.writes {
             let k = keys::full(id, &suffix);
-            if result.is_ok() {
+            if result.is_ok() && !turn.uncached.contains(&suffix) {
                 self.cache.write(k, v);
             } else {
                 self.cache.invalidate(&k);

@@ -4,7 +4,7 @@
 //! writes (`None` = deleted). Every read looks at the layers top-down and falls through to the
 //! committed state; ranges merge the layers' entries with fjall's iterator.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -23,15 +23,31 @@ pub(crate) struct Turn {
     pub(crate) writes: Layer,
     /// `Some(None)`: alarm deleted; `Some(Some(t))`: set to t; `None`: untouched.
     pub(crate) alarm: Option<Option<i64>>,
+    /// Keys written with `no_cache`: dropped from the read cache at flush, not refreshed.
+    pub(crate) uncached: BTreeSet<Vec<u8>>,
 }
 
 impl Turn {
+    /// Buffers a write; `no_cache` keeps the value out of the read cache after the flush.
+    pub(crate) fn write(&mut self, suffix: Vec<u8>, value: Option<Bytes>, no_cache: bool) {
+        if no_cache {
+            self.uncached.insert(suffix.clone());
+        } else {
+            self.uncached.remove(&suffix);
+        }
+        self.writes.insert(suffix, value);
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.writes.is_empty() && self.alarm.is_none()
     }
 
     /// Applies `upper` on top of this layer (transaction commit).
     pub(crate) fn absorb(&mut self, upper: Turn) {
+        for k in upper.writes.keys() {
+            self.uncached.remove(k);
+        }
+        self.uncached.extend(upper.uncached);
         self.writes.extend(upper.writes);
         if upper.alarm.is_some() {
             self.alarm = upper.alarm;

@@ -72,7 +72,7 @@ impl<'a> Transaction<'a> {
         self.live("put")?;
         limits::check_key(key)?;
         limits::check_value(&value)?;
-        self.layer().writes.insert(kv(key), Some(value));
+        self.layer().write(kv(key), Some(value), false);
         Ok(())
     }
 
@@ -81,7 +81,7 @@ impl<'a> Transaction<'a> {
         ops::check_entries(&entries)?;
         let mut layer = self.layer();
         for (k, v) in entries {
-            layer.writes.insert(kv(&k), Some(v));
+            layer.write(kv(&k), Some(v), false);
         }
         Ok(())
     }
@@ -90,7 +90,7 @@ impl<'a> Transaction<'a> {
         self.live("delete")?;
         limits::check_key(key)?;
         let existed = self.with(|v| v.get(&kv(key), false))?.is_some();
-        self.layer().writes.insert(kv(key), None);
+        self.layer().write(kv(key), None, false);
         Ok(existed)
     }
 
@@ -99,7 +99,7 @@ impl<'a> Transaction<'a> {
         let n = self.with(|v| ops::existing(v, keys))?;
         let mut layer = self.layer();
         for k in keys {
-            layer.writes.insert(kv(k), None);
+            layer.write(kv(k), None, false);
         }
         Ok(n)
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cinder_storage::{
     Durability, ErrorKind, ListOptions, ObjectId, ReadOptions, Section, StorageError, Store,
-    StoreConfig, ENFORCED_MAX_VALUE_BYTES,
+    StoreConfig, WriteOptions, ENFORCED_MAX_VALUE_BYTES,
 };
 
 fn id(n: u8) -> ObjectId {
@@ -237,6 +237,16 @@ fn cache_never_serves_stale_values() {
     assert!(o.flush().is_none());
     assert_eq!(reader.get("t").unwrap(), None);
     assert_eq!(o.get("t").unwrap(), None);
+
+    // A no_cache write drops the cached old value rather than leaving it behind.
+    assert_eq!(reader.get("a").unwrap(), None);
+    o.put("nc", b("old")).unwrap();
+    o.flush().unwrap().wait().unwrap();
+    assert_eq!(reader.get("nc").unwrap(), Some(b("old")));
+    o.put_with("nc", b("new"), WriteOptions { no_cache: true })
+        .unwrap();
+    o.flush().unwrap().wait().unwrap();
+    assert_eq!(reader.get("nc").unwrap(), Some(b("new")));
 
     // no_cache reads agree.
     o.put("n", b("n")).unwrap();
