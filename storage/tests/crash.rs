@@ -97,6 +97,8 @@ fn crash_child() {
                         counters[i] += 1;
                         o.put("a", encode(mine[i], counters[i])).unwrap();
                         o.put("b", encode(mine[i], counters[i])).unwrap();
+                        // The alarm table is another keyspace: same batch, same atomicity.
+                        o.set_alarm(counters[i] as i64).unwrap();
                         commits.push((mine[i], counters[i], o.flush().unwrap()));
                     }
                     for (n, c, commit) in commits {
@@ -200,8 +202,14 @@ fn crash_recovery_is_exact() {
         total_confirmed += seen;
 
         let store = reopen_with_deadline(dir.path());
+        let alarms: HashMap<ObjectId, i64> = store.alarms().unwrap().into_iter().collect();
         for n in 0..OBJECTS {
             let c = read_counter(&store, n);
+            let alarm = alarms.get(&id(n)).copied().unwrap_or(0);
+            assert_eq!(
+                alarm, c as i64,
+                "round {round}: object {n} alarm and keys from different batches"
+            );
             let want = confirmed.get(&n).copied().unwrap_or(0);
             assert!(
                 c >= want,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cinder_storage::{
-    ErrorKind, ListOptions, ObjectId, ObjectStorage, Section, Store, StoreConfig,
+    ErrorKind, ListOptions, ObjectId, ObjectStorage, Section, Store, StoreConfig, WriteOptions,
 };
 use proptest::prelude::*;
 
@@ -19,6 +19,7 @@ const IDS: [ObjectId; 2] = [[7; 32], {
 #[derive(Debug, Clone)]
 enum Op {
     Put(usize, String, u8),
+    PutNoCache(usize, String, u8),
     PutMany(usize, Vec<(String, u8)>),
     Delete(usize, String),
     DeleteMany(usize, Vec<String>),
@@ -88,6 +89,7 @@ fn op() -> impl Strategy<Value = Op> {
     let o = 0usize..2;
     prop_oneof![
         6 => (o.clone(), key(), any::<u8>()).prop_map(|(o, k, v)| Op::Put(o, k, v)),
+        2 => (o.clone(), key(), any::<u8>()).prop_map(|(o, k, v)| Op::PutNoCache(o, k, v)),
         2 => (o.clone(), prop::collection::vec((key(), any::<u8>()), 0..4)).prop_map(|(o, e)| Op::PutMany(o, e)),
         3 => (o.clone(), key()).prop_map(|(o, k)| Op::Delete(o, k)),
         1 => (o.clone(), prop::collection::vec(key(), 0..4)).prop_map(|(o, k)| Op::DeleteMany(o, k)),
@@ -200,6 +202,25 @@ impl Harness {
             assert_eq!(sql, want, "object {i} sql section");
             assert_eq!(o.get_alarm().unwrap(), self.current[i].alarm);
         }
+        // A fresh handle has no turn: it reads the committed state, through the shared cache,
+        // which must never answer with a value older than the last flush.
+        let store = self.store.as_ref().unwrap();
+        for (i, id) in IDS.iter().enumerate() {
+            let fresh = store.object(*id);
+            let probes = self.flushed[i]
+                .kv
+                .keys()
+                .chain(self.current[i].kv.keys())
+                .cloned()
+                .chain(["a".to_string(), "b".to_string(), String::new()]);
+            for k in probes {
+                assert_eq!(
+                    fresh.get(&k).unwrap(),
+                    self.flushed[i].kv.get(&k).cloned(),
+                    "committed {k:?}"
+                );
+            }
+        }
         let mut alarms: Vec<(ObjectId, i64)> = (0..2)
             .filter_map(|i| self.flushed[i].alarm.map(|a| (IDS[i], a)))
             .collect();
@@ -211,6 +232,12 @@ impl Harness {
         match op {
             Op::Put(i, k, v) => {
                 self.objs[i].put(&k, val(v)).unwrap();
+                self.current[i].kv.insert(k, val(v));
+            }
+            Op::PutNoCache(i, k, v) => {
+                self.objs[i]
+                    .put_with(&k, val(v), WriteOptions { no_cache: true })
+                    .unwrap();
                 self.current[i].kv.insert(k, val(v));
             }
             Op::PutMany(i, e) => {
