@@ -82,13 +82,14 @@ impl Committer {
             }),
             wake: Condvar::new(),
         });
+        // Fail at open, not at the first commit, if fjall's journal files are not where this
+        // module expects them (a layout change in a later fjall release).
+        let mut journal = JournalSync::new(dir);
+        journal.sync_newest()?;
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("cinder-storage-sync".into())
-            .spawn(move || {
-                let mut journal = JournalSync::new(dir);
-                sync_loop(&s, &db, mode, &mut journal)
-            })?;
+            .spawn(move || sync_loop(&s, &db, mode, &mut journal))?;
         Ok(Self {
             shared,
             thread: Mutex::new(Some(thread)),

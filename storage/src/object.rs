@@ -166,10 +166,12 @@ impl ObjectStorage {
         &self.id
     }
 
+    /// The value of `key`, this turn's unflushed writes included.
     pub fn get(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
         self.get_with(key, ReadOptions::default())
     }
 
+    /// [`Self::get`] with options (`no_cache`: bypass the read cache).
     pub fn get_with(&self, key: &str, opts: ReadOptions) -> Result<Option<Bytes>, StorageError> {
         limits::check_key(key)?;
         self.with_view(|v| v.get(&kv(key), opts.no_cache))
@@ -180,6 +182,7 @@ impl ObjectStorage {
         self.get_many_with(keys, ReadOptions::default())
     }
 
+    /// [`Self::get_many`] with options.
     pub fn get_many_with(
         &self,
         keys: &[String],
@@ -193,6 +196,7 @@ impl ObjectStorage {
         self.put_with(key, value, WriteOptions::default())
     }
 
+    /// [`Self::put`] with options (`no_cache`: don't keep the value in the read cache).
     pub fn put_with(
         &self,
         key: &str,
@@ -210,6 +214,7 @@ impl ObjectStorage {
         self.put_many_with(entries, WriteOptions::default())
     }
 
+    /// [`Self::put_many`] with options.
     pub fn put_many_with(
         &self,
         entries: Vec<(String, Bytes)>,
@@ -262,6 +267,8 @@ impl ObjectStorage {
         Ok(n)
     }
 
+    /// Entries in UTF-8 key order (reversed with `reverse`), this turn's writes included.
+    /// Lists everything it selects: the caller bounds the size with `limit`.
     pub fn list(&self, opts: &ListOptions) -> Result<Vec<(String, Bytes)>, StorageError> {
         self.with_view(|v| ops::list(v, opts))
     }
@@ -273,6 +280,7 @@ impl ObjectStorage {
         self.raw_delete_range(Section::Kv, b"", None)
     }
 
+    /// The alarm slot (ms since epoch), this turn's change included.
     pub fn get_alarm(&self) -> Result<Option<i64>, StorageError> {
         self.with_view(|v| v.alarm())
     }
@@ -284,6 +292,7 @@ impl ObjectStorage {
         Ok(())
     }
 
+    /// Empties the alarm slot (in this turn's batch).
     pub fn delete_alarm(&self) -> Result<(), StorageError> {
         self.turn().alarm = Some(None);
         Ok(())
@@ -316,15 +325,19 @@ impl ObjectStorage {
         *self.turn() = Turn::default();
     }
 
+    /// A key of another engine's section (SQL pages...), this turn's writes included. No
+    /// limits apply to raw keys and values.
     pub fn raw_get(&self, section: Section, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
         self.with_view(|v| v.get(&keys::suffix(section, key), false))
     }
 
+    /// Buffers a raw write in this turn's batch (atomic with the KV writes of the turn).
     pub fn raw_put(&self, section: Section, key: &[u8], value: Bytes) {
         self.turn()
             .write(keys::suffix(section, key), Some(value), false);
     }
 
+    /// Buffers a raw delete in this turn's batch.
     pub fn raw_delete(&self, section: Section, key: &[u8]) {
         self.turn().write(keys::suffix(section, key), None, false);
     }

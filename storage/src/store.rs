@@ -142,7 +142,7 @@ impl Store {
         }
         let committer =
             Committer::start(db.clone(), dir.to_path_buf(), persist_mode(cfg.durability))
-                .map_err(|e| StorageError::Engine(format!("starting syncer thread: {e}")))?;
+                .map_err(|e| StorageError::Engine(format!("starting the group committer: {e}")))?;
         Ok(Arc::new(Store {
             db,
             data,

@@ -53,6 +53,9 @@ impl<'a> Transaction<'a> {
         })
     }
 
+    // Same semantics and limits as the `ObjectStorage` methods of the same names; after
+    // `rollback` every call fails with "Cannot <op> on rolled back transaction".
+
     pub fn get(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
         self.get_with(key, ReadOptions::default())
     }
