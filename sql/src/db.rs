@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags};
 use crate::auth::AuthState;
 use crate::cursor::{Cursor, SqlValue};
 use crate::error::SqlError;
-use crate::stmt;
+use crate::stmt::{self, StmtCache};
 use crate::vfs;
 
 /// Per-database settings.
@@ -54,6 +54,8 @@ pub fn memory_used() -> i64 {
 /// must be reset: drop this value (its page cache may hold pages fjall never got) and open
 /// again.
 pub struct SqlStorage {
+    // Declared before `conn`: cached statements are finalized before the connection closes.
+    stmts: RefCell<StmtCache>,
     storage: ObjectStorage,
     cfg: SqlConfig,
     conn: RefCell<Connection>,
@@ -69,6 +71,7 @@ impl SqlStorage {
         let auth = Arc::new(AuthState::default());
         let conn = connect(&storage, &cfg, &auth)?;
         let me = Self {
+            stmts: RefCell::new(StmtCache::default()),
             storage,
             cfg,
             conn: RefCell::new(conn),
@@ -95,7 +98,7 @@ impl SqlStorage {
         let conn = self.conn();
         let _user = self.auth.enter_user();
         // SAFETY: the handle belongs to `conn`, borrowed for the whole call, on this thread.
-        unsafe { stmt::run(conn.handle(), &self.auth, query, bindings) }
+        unsafe { stmt::run(conn.handle(), &self.auth, &self.stmts, query, bindings) }
     }
 
     /// `sql.databaseSize`: bytes in use (pages minus free pages, times the page size).
@@ -195,6 +198,7 @@ impl SqlStorage {
             .try_borrow_mut()
             .map_err(|_| SqlError::Api("Cannot call deleteAll() while a query is running"))?;
         // Close first so SQLite holds no pages of the old database.
+        self.stmts.borrow_mut().clear();
         let old = std::mem::replace(
             &mut *conn,
             Connection::open_in_memory().map_err(sqlite_err)?,

@@ -4,7 +4,8 @@
 //! the text after each statement (to know which statement is last before running it), the
 //! statement's parameter count before binding, and per-statement status counters.
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_char, c_int, CStr};
 use std::ptr;
 use std::sync::Arc;
@@ -16,12 +17,88 @@ use crate::cursor::{Cursor, SqlValue};
 use crate::error::{SqlError, MULTI_PARAMS, NO_STATEMENT, TRANSACTION_REFUSED, WRONG_BINDINGS};
 
 /// Finalizes the statement on every path out.
-struct Stmt(*mut ffi::sqlite3_stmt);
+pub(crate) struct Stmt(*mut ffi::sqlite3_stmt);
 
 impl Drop for Stmt {
     fn drop(&mut self) {
         unsafe { ffi::sqlite3_finalize(self.0) };
     }
+}
+
+// SAFETY: a statement is used only together with its connection, and both live in the same
+// `SqlStorage`, which moves between threads as a whole and is never shared (`!Sync`).
+unsafe impl Send for Stmt {}
+
+/// Prepared single-statement queries of `exec()`, by SQL text (workerd caches them too): a
+/// counter's `UPDATE` is parsed and authorized once, not per call. Kept apart from rusqlite's
+/// cache, which holds the engine's trusted statements: user text equal to an engine statement
+/// must never reuse a statement the authorizer passed in trusted mode.
+#[derive(Default)]
+pub(crate) struct StmtCache {
+    map: HashMap<String, Stmt>,
+    order: VecDeque<String>,
+}
+
+const CACHE_ENTRIES: usize = 64;
+
+impl StmtCache {
+    fn take(&mut self, sql: &str) -> Option<Stmt> {
+        self.map.remove(sql)
+    }
+
+    fn put(&mut self, sql: &str, stmt: Stmt) {
+        if !self.order.iter().any(|k| k == sql) {
+            self.order.push_back(sql.to_owned());
+        }
+        self.map.insert(sql.to_owned(), stmt);
+        while self.order.len() > CACHE_ENTRIES {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    /// Finalizes every statement (before the connection closes).
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+}
+
+/// Binds and runs the last (or only) statement of an `exec()`.
+unsafe fn run_last(
+    db: *mut ffi::sqlite3,
+    stmt: &Stmt,
+    bindings: &[SqlValue],
+    rows_read: u64,
+    rows_written: u64,
+) -> Result<Cursor, SqlError> {
+    let params = ffi::sqlite3_bind_parameter_count(stmt.0) as usize;
+    if params != bindings.len() {
+        return Err(SqlError::Api(WRONG_BINDINGS));
+    }
+    for (i, v) in bindings.iter().enumerate() {
+        bind(db, stmt, i as c_int + 1, v)?;
+    }
+    let (rows, r, w) = step_all(db, stmt, true)?;
+    // After stepping: a schema change re-prepares the statement during the first step.
+    let n = ffi::sqlite3_column_count(stmt.0);
+    let columns: Arc<[String]> = (0..n)
+        .map(|i| {
+            let p = ffi::sqlite3_column_name(stmt.0, i);
+            if p.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        })
+        .collect();
+    Ok(Cursor {
+        columns,
+        rows,
+        rows_read: rows_read + r,
+        rows_written: rows_written + w,
+    })
 }
 
 /// Runs `sql` (one or more statements) as user SQL; returns the last statement's rows.
@@ -31,9 +108,19 @@ impl Drop for Stmt {
 pub(crate) unsafe fn run(
     db: *mut ffi::sqlite3,
     auth: &Arc<AuthState>,
+    cache: &RefCell<StmtCache>,
     sql: &str,
     bindings: &[SqlValue],
 ) -> Result<Cursor, SqlError> {
+    let cached = cache.borrow_mut().take(sql);
+    if let Some(stmt) = cached {
+        ffi::sqlite3_reset(stmt.0);
+        ffi::sqlite3_clear_bindings(stmt.0);
+        let out = run_last(db, &stmt, bindings, 0, 0);
+        ffi::sqlite3_reset(stmt.0);
+        cache.borrow_mut().put(sql, stmt);
+        return out;
+    }
     let bytes = sql.as_bytes();
     let mut pos = 0usize;
     let mut rows_read = 0u64;
@@ -70,9 +157,8 @@ pub(crate) unsafe fn run(
             pos += 1;
         }
         let last = pos >= bytes.len();
-        let params = ffi::sqlite3_bind_parameter_count(stmt.0) as usize;
         if !last {
-            if params != 0 {
+            if ffi::sqlite3_bind_parameter_count(stmt.0) != 0 {
                 return Err(SqlError::Api(MULTI_PARAMS));
             }
             let (_, r, w) = step_all(db, &stmt, false)?;
@@ -80,30 +166,13 @@ pub(crate) unsafe fn run(
             rows_written += w;
             continue;
         }
-        if params != bindings.len() {
-            return Err(SqlError::Api(WRONG_BINDINGS));
+        let single = consumed == bytes.len() || rest.as_ptr() == bytes.as_ptr();
+        let out = run_last(db, &stmt, bindings, rows_read, rows_written);
+        ffi::sqlite3_reset(stmt.0);
+        if single && out.is_ok() {
+            cache.borrow_mut().put(sql, stmt);
         }
-        for (i, v) in bindings.iter().enumerate() {
-            bind(db, &stmt, i as c_int + 1, v)?;
-        }
-        let n = ffi::sqlite3_column_count(stmt.0);
-        let columns: Arc<[String]> = (0..n)
-            .map(|i| {
-                let p = ffi::sqlite3_column_name(stmt.0, i);
-                if p.is_null() {
-                    String::new()
-                } else {
-                    CStr::from_ptr(p).to_string_lossy().into_owned()
-                }
-            })
-            .collect();
-        let (rows, r, w) = step_all(db, &stmt, true)?;
-        return Ok(Cursor {
-            columns,
-            rows,
-            rows_read: rows_read + r,
-            rows_written: rows_written + w,
-        });
+        return out;
     }
 }
 
@@ -131,8 +200,9 @@ unsafe fn step_all(db: *mut ffi::sqlite3, stmt: &Stmt, keep: bool) -> Result<Ste
         }
     }
     let written = (ffi::sqlite3_total_changes64(db) - before).max(0) as u64;
+    // Read and reset: a cached statement counts per run.
     let scanned =
-        ffi::sqlite3_stmt_status(stmt.0, ffi::SQLITE_STMTSTATUS_FULLSCAN_STEP, 0).max(0) as u64;
+        ffi::sqlite3_stmt_status(stmt.0, ffi::SQLITE_STMTSTATUS_FULLSCAN_STEP, 1).max(0) as u64;
     Ok((rows, scanned + returned + written, written))
 }
 

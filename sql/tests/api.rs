@@ -149,6 +149,17 @@ fn refusals_are_decided_by_the_authorizer() {
     ] {
         assert_eq!(db.exec(sql, &[]).unwrap_err().to_string(), want, "{sql}");
     }
+    // The engine's own cached KV statement, typed by the user, is still refused.
+    db.kv().get("k").unwrap();
+    assert_eq!(
+        db.exec(
+            "SELECT value FROM _cf_KV WHERE key = ?1",
+            &[SqlValue::from("k")]
+        )
+        .unwrap_err()
+        .to_string(),
+        "access to _cf_KV.value is prohibited: SQLITE_AUTH"
+    );
     // Loading extensions: the function is allowed by name but the connection never enables
     // extension loading, so SQLite itself refuses.
     let e = db
@@ -278,7 +289,17 @@ fn data_survives_reopen_and_database_size_tracks_it() {
     commit(&db);
     drop(db);
     let db = open(&st, 7);
-    assert!(db.exec("SELECT * FROM t", &[]).is_err());
+    let left = db
+        .storage()
+        .raw_range(cinder_storage::Section::Sql, &[], None)
+        .unwrap();
+    assert!(
+        db.exec("SELECT * FROM t", &[]).is_err(),
+        "left after deleteAll: {:?}",
+        left.iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(db.database_size().unwrap(), 0);
 }
 
@@ -369,4 +390,44 @@ fn kv_api_limits_order_and_list() {
     entries.push(("bad".into(), Bytes::from(vec![0u8; 200_000])));
     assert!(kv.put_many(entries).is_err());
     assert!(kv.get("ok").unwrap().is_none());
+}
+
+#[test]
+fn cached_statements_follow_bindings_and_schema_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = store(dir.path(), Durability::Process);
+    let db = open(&st, 1);
+    db.exec("CREATE TABLE t (a INTEGER)", &[]).unwrap();
+    for i in 0..5 {
+        let c = db
+            .exec(
+                "INSERT INTO t VALUES (?) RETURNING a",
+                &[SqlValue::Integer(i)],
+            )
+            .unwrap();
+        assert_eq!(c.rows_written(), 1);
+        assert_eq!(c.one().unwrap().values(), [SqlValue::Integer(i)]);
+    }
+    let q = "SELECT * FROM t ORDER BY 1";
+    assert_eq!(db.exec(q, &[]).unwrap().column_names(), ["a"]);
+    assert_eq!(db.exec(q, &[]).unwrap().count(), 5);
+    // Same text, new schema: re-prepared, new columns.
+    db.exec("DROP TABLE t; CREATE TABLE t (x TEXT, y TEXT)", &[])
+        .unwrap();
+    let c = db.exec(q, &[]).unwrap();
+    assert_eq!(c.column_names(), ["x", "y"]);
+    assert_eq!(c.count(), 0);
+    // A failed run leaves no transaction open and the statement usable.
+    db.exec("CREATE TABLE u (id INTEGER PRIMARY KEY)", &[])
+        .unwrap();
+    let ins = "INSERT INTO u VALUES (?)";
+    db.exec(ins, &[SqlValue::Integer(1)]).unwrap();
+    assert!(db.exec(ins, &[SqlValue::Integer(1)]).is_err());
+    assert!(db.exec(ins, &[]).is_err());
+    db.exec(ins, &[SqlValue::Integer(2)]).unwrap();
+    assert!(db.flush().is_ok());
+    // The table's rows under the KV-like scan count.
+    assert!(db.exec("SELECT * FROM u", &[]).unwrap().rows_read() >= 2);
+    db.delete_all().unwrap();
+    assert!(db.exec(q, &[]).is_err());
 }
