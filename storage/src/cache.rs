@@ -2,10 +2,11 @@
 //!
 //! It holds only values that fjall has committed (never a turn's unflushed writes, which the
 //! object's own overlay answers), so a rolled-back transaction or a discarded turn can never
-//! leave anything behind here. Writers update the entries of every key they commit, under the
-//! shard lock, right after fjall accepted the batch. A reader that missed fills the entry only
-//! if no write touched the shard since it started reading fjall, so a slow reader can never
-//! put back a value older than a concurrent write.
+//! leave anything behind here. Writers refresh the entry of every key they commit, under the
+//! shard lock, right after fjall accepted the batch, and bump the shard's epoch. A reader that
+//! missed fills the entry only if the epoch did not move while it read fjall. Together: once
+//! `flush()` has returned, no read through the cache returns a value older than that flush,
+//! whatever other threads were reading meanwhile.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
