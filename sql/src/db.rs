@@ -47,8 +47,8 @@ pub fn memory_used() -> i64 {
 
 /// The SQL storage of one SQLite-backed object.
 ///
-/// Owns the object's single connection; used from the object's executor thread (`Send`, not
-/// `Sync`). Every write lands in the object's turn batch ([`ObjectStorage`]); the owner ends
+/// Owns the object's single connection; lives on the object's executor thread (`!Send`: the
+/// write hook is a plain closure over the object's context). Every write lands in the object's turn batch ([`ObjectStorage`]); the owner ends
 /// the turn with [`SqlStorage::flush`] (or `ObjectStorage::flush`) between calls, never inside
 /// [`SqlStorage::transaction_sync`]. If a flushed batch fails to become durable, the object
 /// must be reset: drop this value (its page cache may hold pages fjall never got) and open
@@ -62,6 +62,7 @@ pub struct SqlStorage {
     pub(crate) auth: Arc<AuthState>,
     depth: Cell<u32>,
     pub(crate) kv_ready: Cell<bool>,
+    on_write: RefCell<Option<Box<dyn Fn()>>>,
 }
 
 impl SqlStorage {
@@ -78,9 +79,25 @@ impl SqlStorage {
             auth,
             depth: Cell::new(0),
             kv_ready: Cell::new(false),
+            on_write: RefCell::new(None),
         };
         me.refresh_kv_ready()?;
         Ok(me)
+    }
+
+    /// Calls `hook` after every call that left writes in the turn batch. The actor runtime
+    /// passes `Storage::note_raw_write` here, so SQL writes join the turn's flush and hold the
+    /// output gate exactly as KV writes do.
+    pub fn set_on_write(&self, hook: impl Fn() + 'static) {
+        *self.on_write.borrow_mut() = Some(Box::new(hook));
+    }
+
+    pub(crate) fn wrote(&self) {
+        if self.storage.has_pending() {
+            if let Some(hook) = &*self.on_write.borrow() {
+                hook();
+            }
+        }
     }
 
     /// The object's storage (KV sections, alarms, the turn batch).
@@ -95,10 +112,14 @@ impl SqlStorage {
     /// `sql.exec(query, ...bindings)`: runs every statement of `query`, binds `bindings` to the
     /// last one and returns its rows. Refusals carry Cloudflare's texts ([`crate::error`]).
     pub fn exec(&self, query: &str, bindings: &[SqlValue]) -> Result<Cursor, SqlError> {
-        let conn = self.conn();
-        let _user = self.auth.enter_user();
-        // SAFETY: the handle belongs to `conn`, borrowed for the whole call, on this thread.
-        unsafe { stmt::run(conn.handle(), &self.auth, &self.stmts, query, bindings) }
+        let out = {
+            let conn = self.conn();
+            let _user = self.auth.enter_user();
+            // SAFETY: the handle belongs to `conn`, borrowed for the whole call, on this thread.
+            unsafe { stmt::run(conn.handle(), &self.auth, &self.stmts, query, bindings) }
+        };
+        self.wrote();
+        out
     }
 
     /// `sql.databaseSize`: bytes in use (pages minus free pages, times the page size).
@@ -137,6 +158,7 @@ impl SqlStorage {
                     self.rollback_to(depth);
                     return Err(e.into());
                 }
+                self.wrote();
                 Ok(v)
             }
             Err(e) => Err(e), // the guard rolls back
@@ -153,6 +175,7 @@ impl SqlStorage {
         if let Err(e) = r {
             tracing::error!(error = %e, "rolling back transactionSync failed");
         }
+        self.wrote();
     }
 
     /// `PRAGMA integrity_check` (refused to user SQL): `"ok"` or SQLite's findings, one a line.
@@ -208,6 +231,7 @@ impl SqlStorage {
         *conn = connect(&self.storage, &self.cfg, &self.auth)?;
         drop(conn);
         self.kv_ready.set(false);
+        self.wrote();
         Ok(())
     }
 

@@ -121,6 +121,9 @@ impl Kv<'_> {
             .map_err(sqlite_err)?;
         st.execute(rusqlite::params![key, &value[..]])
             .map_err(sqlite_err)?;
+        drop(st);
+        drop(conn);
+        self.db.wrote();
         Ok(())
     }
 
@@ -148,7 +151,11 @@ impl Kv<'_> {
         let mut st = conn
             .prepare_cached("DELETE FROM _cf_KV WHERE key = ?1")
             .map_err(sqlite_err)?;
-        Ok(st.execute([key]).map_err(sqlite_err)? > 0)
+        let deleted = st.execute([key]).map_err(sqlite_err)? > 0;
+        drop(st);
+        drop(conn);
+        self.db.wrote();
+        Ok(deleted)
     }
 
     /// Number of keys that existed.
