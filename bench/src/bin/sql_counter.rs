@@ -45,6 +45,9 @@ struct Args {
     /// Objects in the first-touch workload (0 skips it).
     #[arg(long, default_value_t = 10_000)]
     first_touch: usize,
+    /// Run only the cinder side of the many-objects workload (for profiling).
+    #[arg(long)]
+    cinder_only: bool,
     /// Directory for the data (default: a temp dir under the current directory, so it is on
     /// the same disk as the project, not a tmpfs).
     #[arg(long)]
@@ -318,6 +321,10 @@ fn main() {
         "  cinder many: {n} txns in {t:.1} s ({} fsyncs in total so far)",
         syncs.syncs
     );
+    if args.cinder_only {
+        println!("{:.0} txn/s", cinder_many_tps);
+        return;
+    }
     let (n, t) = files_many(&files_dir, args.objects, args.file_threads, args.secs);
     let files_many_tps = n as f64 / t;
     println!("  files  many: {n} txns in {t:.1} s");
