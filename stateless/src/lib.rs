@@ -12,9 +12,20 @@
 
 use std::path::PathBuf;
 
+mod cpu;
+mod event;
+mod executor;
 mod host;
+mod isolate;
+mod loader;
+mod netguard;
+mod ops;
+mod snapshot;
+mod state;
 
 pub use host::Host;
+pub use loader::default_rules;
+pub use netguard::ALLOW_FLAG;
 
 /// A streaming HTTP body of `Bytes` chunks; the same type as `axum::body::Body`, so the gateway
 /// passes bodies through without conversion.

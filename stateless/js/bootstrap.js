@@ -1,0 +1,483 @@
+// Cinder's isolate bootstrap. Runs once, while the startup snapshot is built: loads the
+// lazy-loaded Web-API scripts of the deno_* crates, assigns the Workers globals, and leaves
+// `start` (the per-worker entry) under a symbol for the Rust side to call after a restore.
+"use strict";
+((globalThis) => {
+  const core = Deno.core;
+  const L = (s) => core.loadExtScript(s);
+  const webidl = L("ext:deno_webidl/00_webidl.js");
+  const url = L("ext:deno_web/00_url.js");
+  const consoleMod = L("ext:deno_web/01_console.js");
+  const domException = L("ext:deno_web/01_dom_exception.js");
+  const event = L("ext:deno_web/02_event.js");
+  const timers = L("ext:deno_web/02_timers.js");
+  const abort = L("ext:deno_web/03_abort_signal.js");
+  const base64 = L("ext:deno_web/05_base64.js");
+  const streams = L("ext:deno_web/06_streams.js");
+  const encoding = L("ext:deno_web/08_text_encoding.js");
+  const file = L("ext:deno_web/09_file.js");
+  const messagePort = L("ext:deno_web/13_message_port.js");
+  const compression = L("ext:deno_web/14_compression.js");
+  const performance = L("ext:deno_web/15_performance.js");
+  const headersMod = L("ext:deno_fetch/20_headers.js");
+  const formData = L("ext:deno_fetch/21_formdata.js");
+  const requestMod = L("ext:deno_fetch/23_request.js");
+  const responseMod = L("ext:deno_fetch/23_response.js");
+  const cryptoMod = L("ext:deno_crypto/00_crypto.js");
+
+  const {
+    op_cinder_next_event,
+    op_cinder_respond,
+    op_cinder_respond_error,
+    op_cinder_event_done,
+    op_cinder_body_read,
+    op_cinder_body_close,
+    op_cinder_sink_new,
+    op_cinder_sink_write,
+    op_cinder_sink_close,
+    op_cinder_outbound,
+    op_cinder_log,
+    op_cinder_module_data,
+  } = core.ops;
+
+  const { Request, toInnerResponse } = { ...requestMod, ...responseMod };
+  const { Response } = responseMod;
+  const { Headers } = headersMod;
+  const { ReadableStream } = streams;
+
+  consoleMod.setNoColorFns(() => true, () => true);
+  // --- console -> tracing, tagged with the request being served (follows awaits through
+  // V8's continuation-preserved embedder data).
+  const console = new consoleMod.Console((msg, level) => {
+    const rid = core.getAsyncContext();
+    op_cinder_log(String(msg).replace(/\n$/, ""), level, typeof rid === "string" ? rid : "");
+  });
+
+  // --- Workers-only types.
+  class Navigator {
+    get userAgent() {
+      return "Cloudflare-Workers";
+    }
+    get hardwareConcurrency() {
+      return 1;
+    }
+    get language() {
+      return "en-US";
+    }
+  }
+  const navigator = new Navigator();
+
+  // Plain (non-hibernatable) WebSockets are not served yet; the type exists because frameworks
+  // detect the Workers runtime by it.
+  class WebSocket extends event.EventTarget {
+    static READY_STATE_CONNECTING = 0;
+    static READY_STATE_OPEN = 1;
+    static READY_STATE_CLOSING = 2;
+    static READY_STATE_CLOSED = 3;
+    #peer = null;
+    #accepted = false;
+    readyState = 1;
+    accept() {
+      this.#accepted = true;
+    }
+    send(_data) {
+      throw new TypeError("WebSocket.send: WebSockets are not supported by cinder yet");
+    }
+    close(_code, _reason) {
+      this.readyState = 3;
+    }
+    static _pair(a, b) {
+      a.#peer = b;
+      b.#peer = a;
+    }
+  }
+  class WebSocketPair {
+    constructor() {
+      const a = new WebSocket();
+      const b = new WebSocket();
+      WebSocket._pair(a, b);
+      this[0] = a;
+      this[1] = b;
+    }
+  }
+
+  class ScheduledController {
+    constructor(scheduledTime, cron) {
+      this.scheduledTime = scheduledTime;
+      this.cron = cron;
+    }
+    noRetry() {}
+  }
+
+  // `cloudflare:workers` classes. Minimal: enough for `extends` and for RPC-less use.
+  class WorkerEntrypoint {
+    constructor(ctx, env) {
+      this.ctx = ctx;
+      this.env = env;
+    }
+  }
+  class DurableObject {
+    constructor(ctx, env) {
+      this.ctx = ctx;
+      this.env = env;
+    }
+  }
+  class RpcTarget {}
+  class WorkflowEntrypoint {
+    constructor(ctx, env) {
+      this.ctx = ctx;
+      this.env = env;
+    }
+  }
+
+  const def = (value) => ({ value, writable: true, enumerable: false, configurable: true });
+  const getter = (get) => ({ get, enumerable: true, configurable: true });
+
+  Object.defineProperties(globalThis, {
+    self: getter(() => globalThis),
+    console: def(console),
+    URL: def(url.URL),
+    URLSearchParams: def(url.URLSearchParams),
+    DOMException: def(domException.DOMException),
+    Event: def(event.Event),
+    EventTarget: def(event.EventTarget),
+    CustomEvent: def(event.CustomEvent),
+    ErrorEvent: def(event.ErrorEvent),
+    CloseEvent: def(event.CloseEvent),
+    MessageEvent: def(event.MessageEvent),
+    PromiseRejectionEvent: def(event.PromiseRejectionEvent),
+    reportError: def(event.reportError),
+    setTimeout: def(timers.setTimeout),
+    setInterval: def(timers.setInterval),
+    clearTimeout: def(timers.clearTimeout),
+    clearInterval: def(timers.clearInterval),
+    queueMicrotask: def((cb) => core.queueMicrotask(cb)),
+    AbortController: def(abort.AbortController),
+    AbortSignal: def(abort.AbortSignal),
+    atob: def(base64.atob),
+    btoa: def(base64.btoa),
+    ReadableStream: def(streams.ReadableStream),
+    ReadableStreamDefaultReader: def(streams.ReadableStreamDefaultReader),
+    ReadableStreamBYOBReader: def(streams.ReadableStreamBYOBReader),
+    ReadableStreamBYOBRequest: def(streams.ReadableStreamBYOBRequest),
+    ReadableByteStreamController: def(streams.ReadableByteStreamController),
+    ReadableStreamDefaultController: def(streams.ReadableStreamDefaultController),
+    WritableStream: def(streams.WritableStream),
+    WritableStreamDefaultWriter: def(streams.WritableStreamDefaultWriter),
+    WritableStreamDefaultController: def(streams.WritableStreamDefaultController),
+    TransformStream: def(streams.TransformStream),
+    TransformStreamDefaultController: def(streams.TransformStreamDefaultController),
+    ByteLengthQueuingStrategy: def(streams.ByteLengthQueuingStrategy),
+    CountQueuingStrategy: def(streams.CountQueuingStrategy),
+    TextEncoder: def(encoding.TextEncoder),
+    TextDecoder: def(encoding.TextDecoder),
+    TextEncoderStream: def(encoding.TextEncoderStream),
+    TextDecoderStream: def(encoding.TextDecoderStream),
+    CompressionStream: def(compression.CompressionStream),
+    DecompressionStream: def(compression.DecompressionStream),
+    Blob: def(file.Blob),
+    File: def(file.File),
+    FormData: def(formData.FormData),
+    MessageChannel: def(messagePort.MessageChannel),
+    MessagePort: def(messagePort.MessagePort),
+    structuredClone: def(messagePort.structuredClone),
+    performance: def(performance.performance),
+    Performance: def(performance.Performance),
+    Headers: def(Headers),
+    Request: def(Request),
+    Response: def(Response),
+    // The crypto singleton holds cppgc objects, which cannot exist in a snapshot: made on
+    // first use, in the restored isolate.
+    crypto: getter(() => cryptoMod.crypto),
+    Crypto: def(cryptoMod.Crypto),
+    CryptoKey: def(cryptoMod.CryptoKey),
+    SubtleCrypto: def(cryptoMod.SubtleCrypto),
+    navigator: def(navigator),
+    Navigator: def(Navigator),
+    WebSocket: def(WebSocket),
+    WebSocketPair: def(WebSocketPair),
+    ScheduledController: def(ScheduledController),
+  });
+  event.saveGlobalThisReference(globalThis);
+
+  // --- bodies between Rust and JS.
+  function streamFromBody(bodyId) {
+    return new ReadableStream({
+      type: "bytes",
+      async pull(controller) {
+        const chunk = await op_cinder_body_read(bodyId);
+        if (chunk === null) {
+          controller.close();
+          controller.byobRequest?.respond(0);
+        } else if (chunk.byteLength > 0) {
+          controller.enqueue(chunk);
+        }
+      },
+      cancel() {
+        op_cinder_body_close(bodyId);
+      },
+    });
+  }
+
+  async function pump(stream, sink) {
+    const reader = stream.getReader();
+    try {
+      while (true) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        let chunk = value;
+        if (typeof chunk === "string") chunk = core.encode(chunk);
+        else if (chunk instanceof ArrayBuffer) chunk = new Uint8Array(chunk);
+        else if (!ArrayBuffer.isView(chunk)) {
+          throw new TypeError("This ReadableStream did not return bytes.");
+        } else if (!(chunk instanceof Uint8Array)) {
+          chunk = new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+        }
+        if (!(await op_cinder_sink_write(sink, chunk))) {
+          await reader.cancel("the receiver went away");
+          break;
+        }
+      }
+      op_cinder_sink_close(sink, "");
+    } catch (e) {
+      op_cinder_sink_close(sink, String(e?.stack ?? e));
+    }
+  }
+
+  // Splits a body into what the Rust side takes: kind 0 = none, 1 = bytes, 2 = stream (sink).
+  const EMPTY = new Uint8Array(0);
+  function bodyForRust(inner) {
+    const body = inner?.body;
+    if (body === null || body === undefined) return [0, EMPTY, 0];
+    const sos = body.streamOrStatic;
+    if (!(sos instanceof ReadableStream)) {
+      if (sos.consumed) throw new TypeError("Body has already been used.");
+      sos.consumed = true;
+      const b = sos.body;
+      return [1, typeof b === "string" ? core.encode(b) : b, 0];
+    }
+    if (sos.locked || streams.isReadableStreamDisturbed?.(sos)) {
+      throw new TypeError("Body has already been used.");
+    }
+    const sink = op_cinder_sink_new();
+    pump(sos, sink);
+    return [2, EMPTY, sink];
+  }
+
+  function headerPairs(list) {
+    const out = new Array(list.length);
+    for (let i = 0; i < list.length; i++) out[i] = [list[i][0], list[i][1]];
+    return out;
+  }
+
+  // --- outbound requests: global fetch() and service bindings share one op.
+  const REDIRECTS = [301, 302, 303, 307, 308];
+  async function outbound(target, input, init) {
+    let request = new Request(input, init);
+    const signal = request.signal;
+    signal?.throwIfAborted?.();
+    const { toInnerRequest } = requestMod;
+    for (let hop = 0; ; hop++) {
+      const inner = toInnerRequest(request);
+      const [kind, bytes, sink] = bodyForRust(inner);
+      const res = await op_cinder_outbound(
+        target,
+        inner.method,
+        inner.url(),
+        headerPairs(inner.headerList),
+        kind,
+        bytes,
+        sink,
+      );
+      const nullBody = res.status === 101 || res.status === 204 || res.status === 205 ||
+        res.status === 304 || inner.method === "HEAD";
+      const body = res.body === null || nullBody ? null : streamFromBody(res.body);
+      if (nullBody && res.body !== null) op_cinder_body_close(res.body);
+      const response = new Response(body, {
+        status: res.status,
+        statusText: res.statusText,
+        headers: res.headers,
+      });
+      const location = response.headers.get("location");
+      if (
+        target !== "" || request.redirect === "manual" || !REDIRECTS.includes(res.status) ||
+        location === null
+      ) {
+        Object.defineProperty(response, "url", { value: inner.url(), configurable: true });
+        return response;
+      }
+      if (request.redirect === "error") {
+        throw new TypeError("Fetch failed: redirect mode is 'error'");
+      }
+      if (hop >= 20) throw new TypeError("Fetch failed: too many redirects");
+      await response.body?.cancel();
+      const next = new URL(location, inner.url()).href;
+      const method = res.status === 303 || ((res.status === 301 || res.status === 302) &&
+          inner.method === "POST")
+        ? (inner.method === "HEAD" ? "HEAD" : "GET")
+        : inner.method;
+      if (method !== inner.method || kind === 0) {
+        request = new Request(next, { method, headers: request.headers, signal, redirect: "follow" });
+      } else if (kind === 1) {
+        request = new Request(next, {
+          method,
+          headers: request.headers,
+          body: bytes,
+          signal,
+          redirect: "follow",
+        });
+      } else {
+        throw new TypeError("Fetch failed: cannot follow a redirect with a streamed body");
+      }
+    }
+  }
+
+  Object.defineProperty(globalThis, "fetch", def(function fetch(input, init) {
+    return outbound("", input, init);
+  }));
+
+  class Fetcher {
+    #binding;
+    constructor(binding) {
+      this.#binding = binding;
+    }
+    fetch(input, init) {
+      if (typeof input === "string" && !/^[a-z][a-z0-9+.-]*:/i.test(input)) {
+        input = new URL(input, "http://fake-host/").href;
+      }
+      return outbound(this.#binding, input, init);
+    }
+    connect() {
+      throw new TypeError("connect() on service bindings is not supported by cinder");
+    }
+  }
+
+  // --- events.
+  class ExecutionContext {
+    #promises;
+    constructor(promises) {
+      this.#promises = promises;
+      this.props = {};
+    }
+    waitUntil(p) {
+      this.#promises.push(Promise.resolve(p));
+    }
+    // Cloudflare forwards the request to the origin when the handler throws; a dev server has
+    // no origin, so a thrown exception still answers 500 (as `wrangler dev` does).
+    passThroughOnException() {}
+  }
+
+  async function settleAll(promises) {
+    for (let i = 0; i < promises.length; i++) {
+      try {
+        await promises[i];
+      } catch (e) {
+        console.error("Uncaught (in waitUntil):", e);
+      }
+    }
+  }
+
+  function errorText(e) {
+    if (e instanceof Error) return e.stack ?? String(e);
+    try {
+      return String(e);
+    } catch {
+      return "(unprintable exception)";
+    }
+  }
+
+  async function onFetch(ev, handler, env) {
+    const waits = [];
+    const ctx = new ExecutionContext(waits);
+    let answered = false;
+    try {
+      const body = ev.body === null ? null : streamFromBody(ev.body);
+      const request = new Request(ev.url, {
+        method: ev.method,
+        headers: ev.headers,
+        body,
+        duplex: "half",
+      });
+      if (typeof handler?.fetch !== "function") {
+        throw new TypeError("Handler does not export a fetch() function.");
+      }
+      const response = await handler.fetch(request, env, ctx);
+      if (!(response instanceof Response)) {
+        throw new TypeError(
+          "Incorrect type for Promise: the Promise did not resolve to 'Response'.",
+        );
+      }
+      const inner = toInnerResponse(response);
+      const [kind, bytes, sink] = bodyForRust(inner);
+      answered = true;
+      op_cinder_respond(ev.id, inner.status, headerPairs(inner.headerList), kind, bytes, sink);
+    } catch (e) {
+      console.error("Uncaught", e);
+      if (!answered) op_cinder_respond_error(ev.id, errorText(e));
+    }
+    await settleAll(waits);
+    op_cinder_event_done(ev.id, "");
+  }
+
+  async function onScheduled(ev, handler, env) {
+    const waits = [];
+    const ctx = new ExecutionContext(waits);
+    let error = "";
+    try {
+      if (typeof handler?.scheduled !== "function") {
+        throw new TypeError("Handler does not export a scheduled() function.");
+      }
+      await handler.scheduled(new ScheduledController(ev.scheduledTime, ev.cron), env, ctx);
+    } catch (e) {
+      console.error("Uncaught", e);
+      error = errorText(e);
+    }
+    await settleAll(waits);
+    op_cinder_event_done(ev.id, error);
+  }
+
+  function buildEnv(spec) {
+    const env = {};
+    for (const [name, value] of spec.vars) env[name] = value;
+    for (const [name] of spec.services) env[name] = new Fetcher(name);
+    return env;
+  }
+
+  function handlerFor(mod, env) {
+    const d = mod.default;
+    if (typeof d === "function" && d.prototype instanceof WorkerEntrypoint) {
+      // A class default export: one instance per event, as Cloudflare does.
+      return {
+        fetch: (req, env2, ctx) => new d(ctx, env2).fetch(req),
+        scheduled: (c, env2, ctx) => new d(ctx, env2).scheduled(c),
+      };
+    }
+    return d;
+  }
+
+  async function start(mainUrl, spec) {
+    // Workers log an uncaught error and carry on; deno_core would end the event loop.
+    core.setUnhandledPromiseRejectionHandler((_promise, reason) => {
+      console.error("Uncaught (in promise)", reason);
+      return true;
+    });
+    core.setReportExceptionCallback((error) => console.error("Uncaught", error));
+    const mod = await import(mainUrl);
+    const env = buildEnv(spec);
+    const handler = handlerFor(mod, env);
+    while (true) {
+      const ev = await op_cinder_next_event();
+      if (ev === null) return;
+      core.setAsyncContext(ev.requestId);
+      if (ev.kind === "fetch") onFetch(ev, handler, env);
+      else onScheduled(ev, handler, env);
+      core.setAsyncContext(undefined);
+    }
+  }
+
+  const cf = { DurableObject, WorkerEntrypoint, RpcTarget, WorkflowEntrypoint };
+  const moduleData = (specifier) => op_cinder_module_data(specifier).buffer;
+  Object.defineProperty(globalThis, Symbol.for("cinder.start"), { value: start });
+  Object.defineProperty(globalThis, Symbol.for("cinder.cf"), { value: cf });
+  Object.defineProperty(globalThis, Symbol.for("cinder.moduleData"), { value: moduleData });
+})(globalThis);

@@ -1,0 +1,52 @@
+//! What crosses from the [`Host`](crate::Host) to an isolate, and how the answer comes back.
+
+use tokio::sync::oneshot;
+
+use crate::{Body, HostError};
+
+/// One event for one worker script.
+pub(crate) enum Event {
+    Fetch {
+        request_id: String,
+        req: http::Request<Body>,
+        reply: oneshot::Sender<http::Response<Body>>,
+    },
+    Scheduled {
+        request_id: String,
+        cron: String,
+        time_ms: i64,
+        reply: oneshot::Sender<Result<(), HostError>>,
+    },
+}
+
+/// Why an isolate stopped before its events finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    CpuLimit,
+    MemoryLimit,
+    /// Any other fatal error in the event loop.
+    Crashed,
+}
+
+/// Plain-text error responses, worded as Cloudflare words them.
+pub(crate) fn error_response(status: u16, text: &str) -> http::Response<Body> {
+    let mut resp = http::Response::new(Body::from(format!("{text}\n")));
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+pub(crate) fn stop_response(stop: Stop, charged: bool) -> http::Response<Body> {
+    match (stop, charged) {
+        (Stop::CpuLimit, true) => error_response(503, "Worker exceeded CPU time limit."),
+        (Stop::MemoryLimit, true) => error_response(503, "Worker exceeded memory limit."),
+        _ => error_response(
+            503,
+            "Worker was reset while serving this request (another request exceeded a limit).",
+        ),
+    }
+}

@@ -1,0 +1,211 @@
+//! One `JsRuntime` for one worker script on one executor thread: created from the startup
+//! snapshot, loads the worker's modules, then serves events until its channel closes or a
+//! limit stops it.
+
+use std::future::poll_fn;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::cpu::{self, Slot};
+use crate::event::{Event, Stop};
+use crate::loader::{Loader, Rules};
+use crate::state::{IsolateState, WorkerCtx};
+use crate::LoadError;
+
+/// What every isolate of one worker shares.
+pub(crate) struct WorkerShared {
+    pub ctx: Arc<WorkerCtx>,
+    pub rules: Arc<Rules>,
+    pub root: PathBuf,
+    pub main: PathBuf,
+    pub main_url: ModuleSpecifier,
+    pub cpu_limit: Duration,
+    pub heap_limit: usize,
+    /// The JSON handed to the bootstrap's `start` (vars and bindings).
+    pub env_json: String,
+}
+
+pub(crate) struct Isolate {
+    rt: JsRuntime,
+    state: Rc<IsolateState>,
+    handle: v8::IsolateHandle,
+    heap_hit: Arc<AtomicBool>,
+}
+
+/// Turns a deno_core error into a [`LoadError`] naming the file and line, taken from the first
+/// `file://…:line:col` location the message mentions.
+fn load_error(w: &WorkerShared, err: &dyn std::fmt::Display) -> LoadError {
+    let message = err.to_string();
+    if let Some(start) = message.find("file://") {
+        let tail = &message[start..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == ')' || c == '"' || c == '\'')
+            .unwrap_or(tail.len());
+        let loc = &tail[..end];
+        // loc = file:///path/to/x.js:LINE:COL (the line and column may be absent)
+        let mut parts = loc.rsplitn(3, ':');
+        let col = parts.next();
+        let line = parts.next();
+        let file = parts.next();
+        if let (Some(file), Some(line), Some(_)) = (file, line.and_then(|l| l.parse::<u32>().ok()), col)
+        {
+            if let Ok(url) = ModuleSpecifier::parse(file) {
+                if let Ok(path) = url.to_file_path() {
+                    return LoadError::Script {
+                        file: path,
+                        line,
+                        message,
+                    };
+                }
+            }
+        }
+        if let Ok(url) = ModuleSpecifier::parse(loc) {
+            if let Ok(path) = url.to_file_path() {
+                return LoadError::File {
+                    file: path,
+                    message,
+                };
+            }
+        }
+    }
+    LoadError::File {
+        file: w.main.clone(),
+        message,
+    }
+}
+
+impl Isolate {
+    /// Builds an isolate from the snapshot and evaluates the worker's main module. The load
+    /// runs under the CPU limit too, so a top-level infinite loop is a load error.
+    pub async fn create(
+        w: &WorkerShared,
+        events: Rc<Mutex<mpsc::UnboundedReceiver<Event>>>,
+        slot: &Slot,
+    ) -> Result<Isolate, LoadError> {
+        let snapshot = crate::snapshot::get().map_err(|message| LoadError::File {
+            file: w.main.clone(),
+            message: format!("startup snapshot: {message}"),
+        })?;
+        let loader = Rc::new(Loader {
+            root: w.root.clone(),
+            rules: w.rules.clone(),
+            data: w.ctx.module_data.clone(),
+        });
+        let params = v8::CreateParams::default().heap_limits(0, w.heap_limit);
+        let mut rt = JsRuntime::try_new(RuntimeOptions {
+            module_loader: Some(loader),
+            extensions: crate::snapshot::extensions(),
+            startup_snapshot: Some(snapshot),
+            create_params: Some(params),
+            ..Default::default()
+        })
+        .map_err(|e| load_error(w, &e))?;
+        let state = Rc::new(IsolateState::new(w.ctx.clone(), events));
+        rt.op_state().borrow_mut().put(state.clone());
+
+        let handle = rt.v8_isolate().thread_safe_handle();
+        let heap_hit = Arc::new(AtomicBool::new(false));
+        {
+            let handle = handle.clone();
+            let hit = heap_hit.clone();
+            rt.add_near_heap_limit_callback(move |current, _initial| {
+                hit.store(true, Ordering::SeqCst);
+                handle.terminate_execution();
+                // Room for V8 to unwind the terminated script; the isolate is dropped after.
+                current.saturating_mul(2)
+            });
+        }
+
+        slot.arm(handle.clone(), w.cpu_limit);
+        let loaded = Self::load_main(&mut rt, w).await;
+        let fired = slot.disarm();
+        if heap_hit.load(Ordering::SeqCst) {
+            return Err(LoadError::Script {
+                file: w.main.clone(),
+                line: 0,
+                message: "Worker exceeded memory limit while loading".into(),
+            });
+        }
+        if fired {
+            return Err(LoadError::Script {
+                file: w.main.clone(),
+                line: 0,
+                message: "Worker exceeded CPU time limit while loading (top-level code)".into(),
+            });
+        }
+        loaded?;
+        Ok(Isolate {
+            rt,
+            state,
+            handle,
+            heap_hit,
+        })
+    }
+
+    async fn load_main(rt: &mut JsRuntime, w: &WorkerShared) -> Result<(), LoadError> {
+        // Workers have no `Deno`; libraries detect runtimes by it. The bootstrap kept what it
+        // needs in closures.
+        rt.execute_script(
+            "ext:cinder/init.js",
+            "delete globalThis.Deno; delete globalThis.__bootstrap;",
+        )
+        .map_err(|e| load_error(w, &e))?;
+        let id = rt
+            .load_main_es_module(&w.main_url)
+            .await
+            .map_err(|e| load_error(w, &e))?;
+        let eval = rt.mod_evaluate(id);
+        rt.with_event_loop_future(Box::pin(eval), PollEventLoopOptions::default())
+            .await
+            .map_err(|e| load_error(w, &e))?;
+        let url = serde_json::to_string(w.main_url.as_str()).unwrap_or_default();
+        let start = format!(
+            "globalThis[Symbol.for(\"cinder.start\")]({url}, {});",
+            w.env_json
+        );
+        rt.execute_script("ext:cinder/start.js", start)
+            .map_err(|e| load_error(w, &e))?;
+        Ok(())
+    }
+
+    pub fn state(&self) -> &Rc<IsolateState> {
+        &self.state
+    }
+
+    /// Serves events until the event channel closes (`Ok`) or the isolate must be dropped.
+    pub async fn run(&mut self, slot: &Slot, cpu_limit: Duration) -> Result<(), Stop> {
+        poll_fn(|cx| {
+            let budget = self.state.cpu_remaining(cpu_limit);
+            let t0 = cpu::thread_cpu_now();
+            slot.arm(self.handle.clone(), budget);
+            let r = self.rt.poll_event_loop(cx, PollEventLoopOptions::default());
+            let fired = slot.disarm();
+            self.state.charge(cpu::thread_cpu_now().saturating_sub(t0));
+            if self.heap_hit.load(Ordering::SeqCst) {
+                return Poll::Ready(Err(Stop::MemoryLimit));
+            }
+            if fired {
+                return Poll::Ready(Err(Stop::CpuLimit));
+            }
+            match r {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => {
+                    tracing::error!(
+                        worker = %self.state.worker.spec.name,
+                        "isolate event loop failed: {e}"
+                    );
+                    Poll::Ready(Err(Stop::Crashed))
+                }
+            }
+        })
+        .await
+    }
+}

@@ -1,0 +1,58 @@
+//! The startup snapshot: a V8 heap with the Web-API scripts loaded and the Workers globals
+//! assigned, built once per process; every isolate starts from it instead of re-running the
+//! bootstrap.
+//!
+//! It is built at process start rather than in a build script so that building the crate does
+//! not link V8 a second time (a build-script binary). The `deno_*` crates record their JS by
+//! path, so the snapshot is built on the machine that compiled the binary (their sources sit in
+//! the cargo registry).
+
+use std::sync::OnceLock;
+
+use deno_core::{Extension, JsRuntime, JsRuntimeForSnapshot, RuntimeOptions};
+
+// `deno_fetch`'s Request code imports `ext:deno_net/02_tls.js`; see js/02_tls.js.
+deno_core::extension!(deno_net, lazy_loaded_js = [dir "js", "02_tls.js"]);
+
+/// The extensions every isolate has, in dependency order (a debug build checks it).
+pub(crate) fn extensions() -> Vec<Extension> {
+    vec![
+        deno_webidl::deno_webidl::init(),
+        deno_web::deno_web::init(
+            deno_web::BlobStore::default_arc(),
+            None,
+            false,
+            deno_web::InMemoryBroadcastChannel::default(),
+        ),
+        deno_crypto::deno_crypto::init(None),
+        deno_net::init(),
+        deno_fetch::deno_fetch::init(deno_fetch::Options {
+            user_agent: "Cloudflare-Workers".into(),
+            ..Default::default()
+        }),
+        crate::ops::cinder::init(),
+    ]
+}
+
+const BOOTSTRAP: &str = include_str!("../js/bootstrap.js");
+
+fn build() -> Result<&'static [u8], String> {
+    // Initialise V8 in normal mode first: the snapshot creator would otherwise set
+    // `--predictable --random-seed=42` for the whole process (a fixed Math.random seed).
+    JsRuntime::init_platform(None);
+    let mut rt = JsRuntimeForSnapshot::try_new(RuntimeOptions {
+        extensions: extensions(),
+        ..Default::default()
+    })
+    .map_err(|e| format!("creating the snapshot runtime: {e}"))?;
+    rt.execute_script("ext:cinder/bootstrap.js", BOOTSTRAP)
+        .map_err(|e| format!("bootstrap script failed: {e}"))?;
+    let blob = rt.snapshot();
+    Ok(Box::leak(blob))
+}
+
+/// The process-wide snapshot, built on first use.
+pub(crate) fn get() -> Result<&'static [u8], String> {
+    static SNAPSHOT: OnceLock<Result<&'static [u8], String>> = OnceLock::new();
+    SNAPSHOT.get_or_init(build).clone()
+}
