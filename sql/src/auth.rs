@@ -20,12 +20,31 @@ pub(crate) struct AuthState {
     user: AtomicBool,
     /// A user statement tried to begin/end a transaction or savepoint.
     transaction_refused: AtomicBool,
+    /// A user `ALTER TABLE` was authorized. The bundled SQLite does not tell the authorizer
+    /// the new name of a `RENAME TO` (workerd patches SQLite for that), so such statements run
+    /// under a guard that checks no reserved name appeared ([`crate::stmt`]).
+    altered: AtomicBool,
 }
 
 impl AuthState {
     pub(crate) fn enter_user(self: &Arc<Self>) -> UserScope {
         let was = self.user.swap(true, Ordering::Relaxed);
         self.transaction_refused.store(false, Ordering::Relaxed);
+        self.altered.store(false, Ordering::Relaxed);
+        UserScope {
+            state: self.clone(),
+            was,
+        }
+    }
+
+    /// Whether a user `ALTER TABLE` was authorized since the last call.
+    pub(crate) fn take_altered(&self) -> bool {
+        self.altered.swap(false, Ordering::Relaxed)
+    }
+
+    /// While alive, statements compile as the engine's own (trusted).
+    pub(crate) fn enter_trusted(self: &Arc<Self>) -> UserScope {
+        let was = self.user.swap(false, Ordering::Relaxed);
         UserScope {
             state: self.clone(),
             was,
@@ -45,6 +64,9 @@ impl AuthState {
             let (ok, txn) = authorize(&ctx, user);
             if txn && !ok {
                 state.transaction_refused.store(true, Ordering::Relaxed);
+            }
+            if ok && user && matches!(ctx.action, AuthAction::AlterTable { .. }) {
+                state.altered.store(true, Ordering::Relaxed);
             }
             if ok {
                 Authorization::Allow

@@ -146,6 +146,7 @@ pub(crate) unsafe fn run(
             return Err(SqlError::Api(NO_STATEMENT));
         }
         let stmt = Stmt(raw);
+        let altered = auth.take_altered();
         let consumed = if tail.is_null() {
             rest.len()
         } else {
@@ -161,18 +162,78 @@ pub(crate) unsafe fn run(
             if ffi::sqlite3_bind_parameter_count(stmt.0) != 0 {
                 return Err(SqlError::Api(MULTI_PARAMS));
             }
-            let (_, r, w) = step_all(db, &stmt, false)?;
+            let (_, r, w) = guard_rename(db, auth, altered, || step_all(db, &stmt, false))?;
             rows_read += r;
             rows_written += w;
             continue;
         }
         let single = consumed == bytes.len() || rest.as_ptr() == bytes.as_ptr();
-        let out = run_last(db, &stmt, bindings, rows_read, rows_written);
+        let out = guard_rename(db, auth, altered, || {
+            run_last(db, &stmt, bindings, rows_read, rows_written)
+        });
         ffi::sqlite3_reset(stmt.0);
-        if single && out.is_ok() {
+        // A guarded statement is never cached: its guard is decided at prepare time.
+        if single && out.is_ok() && !altered {
             cache.borrow_mut().put(sql, stmt);
         }
         return out;
+    }
+}
+
+/// Runs `f` (an authorized user `ALTER TABLE`) in a savepoint and undoes it if it created a
+/// name starting `_cf_` (`ALTER TABLE t RENAME TO _cf_KV`), failing as the authorizer would.
+unsafe fn guard_rename<T>(
+    db: *mut ffi::sqlite3,
+    auth: &Arc<AuthState>,
+    on: bool,
+    f: impl FnOnce() -> Result<T, SqlError>,
+) -> Result<T, SqlError> {
+    if !on {
+        return f();
+    }
+    trusted_exec(db, auth, c"SAVEPOINT _cf_alter_guard")?;
+    let before = reserved_names(db, auth)?;
+    let out = f();
+    let refused = out.is_ok() && reserved_names(db, auth)? > before;
+    if out.is_err() || refused {
+        trusted_exec(db, auth, c"ROLLBACK TO _cf_alter_guard")?;
+    }
+    trusted_exec(db, auth, c"RELEASE _cf_alter_guard")?;
+    if refused {
+        return Err(SqlError::Sqlite(String::from(
+            "not authorized: SQLITE_AUTH",
+        )));
+    }
+    out
+}
+
+unsafe fn trusted_exec(
+    db: *mut ffi::sqlite3,
+    auth: &Arc<AuthState>,
+    sql: &CStr,
+) -> Result<(), SqlError> {
+    let _trusted = auth.enter_trusted();
+    let rc = ffi::sqlite3_exec(db, sql.as_ptr(), None, ptr::null_mut(), ptr::null_mut());
+    if rc != ffi::SQLITE_OK {
+        return Err(SqlError::Sqlite(error_message(db, rc)));
+    }
+    Ok(())
+}
+
+/// Schema objects whose name starts `_cf_` (any case, as `is_allowed_name` compares; not
+/// `LIKE`, which the user may make case-sensitive).
+unsafe fn reserved_names(db: *mut ffi::sqlite3, auth: &Arc<AuthState>) -> Result<i64, SqlError> {
+    let _trusted = auth.enter_trusted();
+    let sql = c"SELECT count(*) FROM sqlite_master WHERE lower(substr(name, 1, 4)) = '_cf_'";
+    let mut raw: *mut ffi::sqlite3_stmt = ptr::null_mut();
+    let rc = ffi::sqlite3_prepare_v2(db, sql.as_ptr(), -1, &mut raw, ptr::null_mut());
+    if rc != ffi::SQLITE_OK {
+        return Err(SqlError::Sqlite(error_message(db, rc)));
+    }
+    let stmt = Stmt(raw);
+    match ffi::sqlite3_step(stmt.0) {
+        ffi::SQLITE_ROW => Ok(ffi::sqlite3_column_int64(stmt.0, 0)),
+        rc => Err(SqlError::Sqlite(error_message(db, rc))),
     }
 }
 

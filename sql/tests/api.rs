@@ -149,6 +149,27 @@ fn refusals_are_decided_by_the_authorizer() {
     ] {
         assert_eq!(db.exec(sql, &[]).unwrap_err().to_string(), want, "{sql}");
     }
+    // RENAME TO a reserved name: the bundled SQLite does not show the new name to the
+    // authorizer, so a guard undoes it; the table keeps its name.
+    db.exec("PRAGMA case_sensitive_like = ON", &[]).unwrap();
+    for sql in [
+        "ALTER TABLE t RENAME TO _cf_mine",
+        "ALTER TABLE t RENAME TO _CF_other",
+        "INSERT INTO t VALUES (5); ALTER TABLE t RENAME TO _cf_x",
+    ] {
+        assert_eq!(
+            db.exec(sql, &[]).unwrap_err().to_string(),
+            "not authorized: SQLITE_AUTH",
+            "{sql}"
+        );
+    }
+    db.exec(
+        "ALTER TABLE t RENAME TO t2; ALTER TABLE t2 RENAME TO t",
+        &[],
+    )
+    .unwrap();
+    db.exec("ALTER TABLE t ADD COLUMN b", &[]).unwrap();
+    assert!(db.exec("SELECT a, b FROM t", &[]).is_ok());
     // The engine's own cached KV statement, typed by the user, is still refused.
     db.kv().get("k").unwrap();
     assert_eq!(
