@@ -7,6 +7,9 @@
 //! transaction statements are refused with the message pointing at `transactionSync()`.
 //! Checks run inside SQLite's compiler, so quoting, comments or odd spellings cannot slip past
 //! them as they would past string matching. The engine's own statements run in trusted mode.
+//! One gap of the unpatched bundled SQLite: the authorizer is not told the new name of
+//! `ALTER TABLE … RENAME TO`, so user `ALTER TABLE` statements run under a savepoint guard
+//! that refuses them if a reserved name appears (`crate::stmt`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -12,6 +12,13 @@
 //! by a SQLite authorizer ([`auth`]) with workerd's texts ([`error`]), and the KV API stored in
 //! the hidden `_cf_KV` table ([`kv`]).
 //!
+//! With the actor runtime (cinder-core): open the object's database over
+//! `ctx.storage().raw().clone()` and pass `Storage::note_raw_write` to
+//! [`SqlStorage::set_on_write`]; every call that writes then joins the turn's flush and holds
+//! the output gate until the batch is durable, exactly like a KV write (tests/actor.rs). If a
+//! batch fails to become durable the runtime resets the object, which drops the connection
+//! and with it any page cache fjall never got.
+//!
 //! Memory: each connection keeps at most [`SqlConfig::cache_kib`] of page cache, all SQLite
 //! memory of the node is under one soft limit ([`set_memory_budget`]), and an idle object can
 //! give its cache back ([`SqlStorage::release_memory`]) or be dropped entirely.

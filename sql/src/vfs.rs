@@ -11,7 +11,7 @@
 //! # Layout
 //! Under the object's [`Section::Sql`]: `b"p" ‖ u32 BE chunk index` holds 4,096-byte chunks of
 //! the database file (SQLite's page size is pinned to 4,096, so a chunk is a page; stored with
-//! its longest zero run cut out, see [`encode`]), and `b"z"`
+//! its longest zero run cut out, see `encode`), and `b"z"`
 //! holds the file size as a `u64` LE. No file descriptor exists per database: every read is
 //! `raw_get` (this turn's writes, then the read cache, then fjall) and every write is a
 //! `raw_put` into the object's turn batch.
