@@ -81,6 +81,42 @@ fn load_error(w: &WorkerShared, err: &dyn std::fmt::Display) -> LoadError {
     }
 }
 
+/// rusty_v8 enters an isolate when it is created and expects isolates to be dropped in reverse
+/// creation order. Many isolates share an executor thread and die in any order, so each one is
+/// exited right after creation and entered only around each synchronous use (and its drop).
+struct Entered<F> {
+    isolate: *mut v8::Isolate,
+    fut: F,
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for Entered<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        // SAFETY: the isolate outlives this future (both are owned by one `Isolate` call), and
+        // enter/exit are paired within this synchronous poll on the isolate's own thread.
+        unsafe { (*this.isolate).enter() };
+        let r = std::pin::Pin::new(&mut this.fut).poll(cx);
+        // SAFETY: as above; this isolate is the current one again after the poll.
+        unsafe { (*this.isolate).exit() };
+        r
+    }
+}
+
+fn isolate_ptr(rt: &mut JsRuntime) -> *mut v8::Isolate {
+    let owned: &mut v8::OwnedIsolate = rt.v8_isolate();
+    &mut **owned
+}
+
+impl Drop for Isolate {
+    fn drop(&mut self) {
+        // SAFETY: dropping the runtime exits the isolate once; entering it here makes it the
+        // current isolate, as that exit (and deno_core's cleanup) require.
+        unsafe { (*isolate_ptr(&mut self.rt)).enter() };
+    }
+}
+
 impl Isolate {
     /// Builds an isolate from the snapshot and evaluates the worker's main module. The load
     /// runs under the CPU limit too, so a top-level infinite loop is a load error.
@@ -122,11 +158,24 @@ impl Isolate {
                 current.saturating_mul(2)
             });
         }
+        // SAFETY: the new isolate is the current one (rusty_v8 entered it on creation).
+        unsafe { (*isolate_ptr(&mut rt)).exit() };
+        let mut iso = Isolate {
+            rt,
+            state,
+            handle,
+            heap_hit,
+        };
 
-        slot.arm(handle.clone(), w.cpu_limit);
-        let loaded = Self::load_main(&mut rt, w).await;
+        slot.arm(iso.handle.clone(), w.cpu_limit);
+        let ptr = isolate_ptr(&mut iso.rt);
+        let loaded = Entered {
+            isolate: ptr,
+            fut: Box::pin(Self::load_main(&mut iso.rt, w)),
+        }
+        .await;
         let fired = slot.disarm();
-        if heap_hit.load(Ordering::SeqCst) {
+        if iso.heap_hit.load(Ordering::SeqCst) {
             return Err(LoadError::Script {
                 file: w.main.clone(),
                 line: 0,
@@ -141,12 +190,7 @@ impl Isolate {
             });
         }
         loaded?;
-        Ok(Isolate {
-            rt,
-            state,
-            handle,
-            heap_hit,
-        })
+        Ok(iso)
     }
 
     async fn load_main(rt: &mut JsRuntime, w: &WorkerShared) -> Result<(), LoadError> {
@@ -165,6 +209,13 @@ impl Isolate {
         rt.with_event_loop_future(Box::pin(eval), PollEventLoopOptions::default())
             .await
             .map_err(|e| load_error(w, &e))?;
+        // A top-level throw rejects the evaluation promise, which deno_core reports through
+        // the event loop rather than through `mod_evaluate`: poll once to collect it.
+        poll_fn(|cx| match rt.poll_event_loop(cx, PollEventLoopOptions::default()) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(load_error(w, &e))),
+            _ => Poll::Ready(Ok(())),
+        })
+        .await?;
         let url = serde_json::to_string(w.main_url.as_str()).unwrap_or_default();
         let start = format!(
             "globalThis[Symbol.for(\"cinder.start\")]({url}, {});",
@@ -181,11 +232,16 @@ impl Isolate {
 
     /// Serves events until the event channel closes (`Ok`) or the isolate must be dropped.
     pub async fn run(&mut self, slot: &Slot, cpu_limit: Duration) -> Result<(), Stop> {
+        let isolate = isolate_ptr(&mut self.rt);
         poll_fn(|cx| {
             let budget = self.state.cpu_remaining(cpu_limit);
             let t0 = cpu::thread_cpu_now();
             slot.arm(self.handle.clone(), budget);
+            // SAFETY: see `Entered`; paired with the exit below, same thread, same poll.
+            unsafe { (*isolate).enter() };
             let r = self.rt.poll_event_loop(cx, PollEventLoopOptions::default());
+            // SAFETY: this isolate is the current one again after the poll.
+            unsafe { (*isolate).exit() };
             let fired = slot.disarm();
             self.state.charge(cpu::thread_cpu_now().saturating_sub(t0));
             if self.heap_hit.load(Ordering::SeqCst) {
