@@ -1,6 +1,283 @@
 //! `cinder`: the command-line entry point, listeners and routing. Owns sockets; depends on
 //! `cinder-stateless` for running scripts.
+//!
+//! `cinder dev` reads wrangler configuration ([`config`]), starts the engine's [`Host`], serves
+//! HTTP with axum ([`server`]), fires cron triggers ([`cron`]) and shuts down gracefully on
+//! SIGINT/SIGTERM: the listener closes, in-flight requests finish, then the process exits 0.
 
-fn main() {
-    println!("cinder {}", env!("CARGO_PKG_VERSION"));
+use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cinder_stateless::{Host, HostConfig, DEFAULT_HEAP_LIMIT_BYTES};
+use clap::Parser;
+use tokio::sync::watch;
+
+mod cli;
+mod config;
+mod cron;
+mod devvars;
+mod jsonc;
+mod server;
+
+use cli::{Cli, Command, DevArgs};
+use config::WorkerConfig;
+
+/// wrangler dev's default port.
+const DEFAULT_PORT: u16 = 8787;
+/// How long in-flight requests get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Serve(_) => {
+            eprintln!(
+                "error: `cinder serve` (cluster nodes) is not implemented yet; use `cinder dev` to run a project on one machine"
+            );
+            ExitCode::from(2)
+        }
+        Command::Dev(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("cinder-net")
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: could not start the network runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(dev(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+/// Reads the configs named on the command line: the positional target first, then each
+/// `-c`, or the current directory when none is given.
+fn load_workers(args: &DevArgs) -> Result<Vec<WorkerConfig>, String> {
+    let mut targets: Vec<PathBuf> = args.target.iter().cloned().collect();
+    targets.extend(args.configs.iter().cloned());
+    if targets.is_empty() {
+        targets.push(PathBuf::from("."));
+    }
+    let mut workers: Vec<WorkerConfig> = Vec::new();
+    for target in &targets {
+        let path = config::locate(target).map_err(|e| e.to_string())?;
+        let cfg = config::load(&path, args.env.as_deref()).map_err(|e| e.to_string())?;
+        for warning in &cfg.warnings {
+            tracing::warn!("{warning}");
+        }
+        if let Some(other) = workers.iter().find(|w| w.spec.name == cfg.spec.name) {
+            return Err(format!(
+                "two workers named {:?} ({} and {}); names must differ within one run",
+                cfg.spec.name,
+                other.path.display(),
+                cfg.path.display()
+            ));
+        }
+        workers.push(cfg);
+    }
+
+    // A service binding can only reach a worker of this run; an unknown target is left out of
+    // `env` with a warning rather than failing, as wrangler dev does for unstarted services.
+    let names: Vec<String> = workers.iter().map(|w| w.spec.name.clone()).collect();
+    for w in &mut workers {
+        let file = w.path.display().to_string();
+        w.spec.services.retain(|s| {
+            let known = names.contains(&s.service);
+            if !known {
+                tracing::warn!(
+                    "{file}: service binding {} -> worker {:?}: no such worker in this run, so env.{} is undefined (add it with -c path/to/its/wrangler.toml)",
+                    s.binding, s.service, s.binding
+                );
+            }
+            known
+        });
+    }
+
+    if let Some(primary) = workers.first_mut() {
+        for (key, value) in &args.vars {
+            primary.spec.vars.retain(|(k, _)| k != key);
+            primary
+                .spec
+                .vars
+                .push((key.clone(), serde_json::Value::String(value.clone())));
+        }
+    }
+    Ok(workers)
+}
+
+async fn dev(args: DevArgs) -> Result<(), String> {
+    let workers = load_workers(&args)?;
+    let primary = &workers[0];
+
+    let persist_to = args
+        .persist_to
+        .clone()
+        .unwrap_or_else(|| primary.spec.root.join(".cinder").join("state"));
+    std::fs::create_dir_all(&persist_to).map_err(|e| {
+        format!(
+            "could not create the state directory {}: {e}",
+            persist_to.display()
+        )
+    })?;
+
+    let ip = match (args.ip, &primary.dev_ip) {
+        (Some(ip), _) => ip,
+        (None, Some(text)) => parse_dev_ip(text).ok_or_else(|| {
+            format!(
+                "{}: [dev] ip = {text:?} is not an IP address",
+                primary.path.display()
+            )
+        })?,
+        (None, None) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    let port = args.port.or(primary.dev_port).unwrap_or(DEFAULT_PORT);
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, port))
+        .await
+        .map_err(|e| format!("could not listen on {ip}:{port}: {e}"))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| format!("could not read the listening address: {e}"))?;
+
+    let primary_name = primary.spec.name.clone();
+    let default_cron = primary.spec.crons.first().cloned().unwrap_or_default();
+    let triggers: Vec<(String, String)> = workers
+        .iter()
+        .flat_map(|w| {
+            w.spec
+                .crons
+                .iter()
+                .map(|c| (w.spec.name.clone(), c.clone()))
+        })
+        .collect();
+    for w in &workers {
+        tracing::info!(
+            worker = %w.spec.name,
+            config = %w.path.display(),
+            "loading {}",
+            w.spec.main.display()
+        );
+    }
+    let host_config = HostConfig {
+        workers: workers.into_iter().map(|w| w.spec).collect(),
+        threads: args.threads.unwrap_or(0),
+        allow_private_fetch: args.allow_private_fetch,
+        heap_limit_bytes: DEFAULT_HEAP_LIMIT_BYTES,
+    };
+    if args.allow_private_fetch {
+        tracing::warn!("--allow-private-fetch: fetch() may reach loopback and private addresses");
+    }
+    // Loading scripts compiles and evaluates them; keep that off the async worker threads.
+    let host = tokio::task::spawn_blocking(move || Host::start(host_config))
+        .await
+        .map_err(|e| format!("the engine panicked while starting: {e}"))?
+        .map_err(|e| e.to_string())?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut crons = cron::spawn_all(&host, triggers, stop_rx.clone());
+
+    let front = Arc::new(server::Front {
+        host: host.clone(),
+        primary: primary_name,
+        default_cron,
+        test_scheduled: args.test_scheduled,
+        local_addr,
+    });
+    let app = server::router(front).into_make_service_with_connect_info::<SocketAddr>();
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    println!("Ready on http://{local_addr}");
+    // Tests and scripts wait for this line; make sure it leaves the process now.
+    let _ = std::io::stdout().flush();
+
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let mut server = server;
+    let served = tokio::select! {
+        name = &mut signal => {
+            tracing::info!("{name} received: finishing in-flight requests");
+            let _ = stop_tx.send(true);
+            tokio::select! {
+                r = &mut server => Some(r),
+                _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                    tracing::warn!("in-flight requests still running after {}s; exiting anyway", SHUTDOWN_GRACE.as_secs());
+                    None
+                }
+                name = shutdown_signal() => {
+                    tracing::warn!("second {name}: exiting without waiting");
+                    None
+                }
+            }
+        }
+        r = &mut server => Some(r),
+    };
+    let _ = stop_tx.send(true);
+    while crons.join_next().await.is_some() {}
+    host.shutdown().await;
+    match served {
+        Some(Ok(Ok(()))) | None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Some(Ok(Err(e))) => Err(format!("server error: {e}")),
+        Some(Err(e)) => Err(format!("server task failed: {e}")),
+    }
+}
+
+/// `[dev] ip` may say "localhost" (wrangler's default), which we take as 127.0.0.1.
+fn parse_dev_ip(text: &str) -> Option<IpAddr> {
+    if text == "localhost" {
+        return Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    text.parse().ok()
+}
+
+/// Resolves on SIGINT or SIGTERM with the signal's name.
+async fn shutdown_signal() -> &'static str {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term => "SIGTERM",
+    }
 }

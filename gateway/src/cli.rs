@@ -1,0 +1,154 @@
+//! The command line: `cinder dev` (wrangler-compatible flags) and `cinder serve`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cinder",
+    version,
+    about = "Run Cloudflare Workers projects on your own machine",
+    long_about = "Run Cloudflare Workers projects on your own machine.\n\n\
+Cinder reads a project's wrangler.toml / wrangler.jsonc as it is and serves the worker the way \
+`wrangler dev` does: same config, same `env`, same Web APIs.",
+    after_long_help = "Examples:\n  \
+  cinder dev                              serve the project in the current directory on http://127.0.0.1:8787\n  \
+  cinder dev examples/hello               serve another directory\n  \
+  cinder dev path/to/wrangler.jsonc       serve a specific config file\n  \
+  cinder dev -c api/wrangler.toml -c auth/wrangler.toml\n                                          \
+  serve two workers; the first gets the HTTP traffic, the second is reachable through a\n                                          \
+  service binding ([[services]] service = \"<its name>\")\n  \
+  cinder dev --port 0                     pick a free port (printed on the \"Ready on\" line)\n  \
+  RUST_LOG=debug cinder dev               more logging\n\n\
+Run `cinder dev --help` for every option."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a wrangler project locally (like `wrangler dev`).
+    #[command(after_long_help = DEV_HELP)]
+    Dev(DevArgs),
+    /// Run one node of a cluster (not implemented yet).
+    Serve(ServeArgs),
+}
+
+const DEV_HELP: &str = "Examples:\n  \
+  cinder dev                                 project in the current directory\n  \
+  cinder dev examples/hello --port 8080      another project, another port\n  \
+  cinder dev -c a/wrangler.toml -c b/wrangler.toml\n                                             \
+  two workers in one run; `a` serves HTTP, `b` answers service bindings\n  \
+  cinder dev --test-scheduled                then: curl 'http://127.0.0.1:8787/__scheduled?cron=*+*+*+*+*'\n\n\
+Secrets: put KEY=value lines in `.dev.vars` next to wrangler.toml; they appear in `env` like vars.\n\
+Logging: RUST_LOG=info (default), RUST_LOG=debug, RUST_LOG=cinder=trace.\n\
+Stop with Ctrl-C: in-flight requests finish first.";
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Project directory or config file (default: the current directory).
+    #[arg(value_name = "DIR|CONFIG")]
+    pub target: Option<PathBuf>,
+
+    /// Config file of a worker to run; repeat to run several workers (the first one serves HTTP,
+    /// the others are reachable through service bindings).
+    #[arg(short = 'c', long = "config", value_name = "CONFIG")]
+    pub configs: Vec<PathBuf>,
+
+    /// Use the `[env.NAME]` section of the config(s).
+    #[arg(short = 'e', long = "env", value_name = "NAME")]
+    pub env: Option<String>,
+
+    /// Port to listen on [default: 8787, or `[dev] port`; 0 picks a free one].
+    #[arg(long)]
+    pub port: Option<u16>,
+
+    /// Address to listen on [default: 127.0.0.1, or `[dev] ip`].
+    #[arg(long)]
+    pub ip: Option<IpAddr>,
+
+    /// Directory for local state (Durable Objects, KV, ...) [default: .cinder/state in the
+    /// project directory].
+    #[arg(long, value_name = "DIR")]
+    pub persist_to: Option<PathBuf>,
+
+    /// Let the global fetch() reach loopback and private addresses (refused by default).
+    #[arg(long)]
+    pub allow_private_fetch: bool,
+
+    /// Executor threads running scripts [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Serve `/__scheduled?cron=...` to fire the scheduled handler on demand.
+    #[arg(long)]
+    pub test_scheduled: bool,
+
+    /// Extra string var for the primary worker, as KEY:VALUE (repeatable).
+    #[arg(long = "var", value_name = "KEY:VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY:VALUE, got {s:?}")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Cluster configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dev_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "cinder",
+            "dev",
+            "proj",
+            "-c",
+            "a.toml",
+            "--config",
+            "b.toml",
+            "--port",
+            "0",
+            "--ip",
+            "0.0.0.0",
+            "--allow-private-fetch",
+            "--threads",
+            "2",
+            "--var",
+            "A:b:c",
+        ])
+        .unwrap();
+        let Command::Dev(d) = cli.command else {
+            panic!("not dev")
+        };
+        assert_eq!(d.target, Some(PathBuf::from("proj")));
+        assert_eq!(
+            d.configs,
+            vec![PathBuf::from("a.toml"), PathBuf::from("b.toml")]
+        );
+        assert_eq!(d.port, Some(0));
+        assert!(d.allow_private_fetch);
+        assert_eq!(d.threads, Some(2));
+        assert_eq!(d.vars, vec![("A".to_string(), "b:c".to_string())]);
+    }
+}

@@ -1,0 +1,112 @@
+//! The HTTP front door: every request goes to the primary worker, bodies streamed both ways.
+//!
+//! The handler hands axum's request body to the engine as it is (the engine's `Body` is
+//! `axum::body::Body`), and returns the engine's response body as it is, so neither direction
+//! is ever collected in memory here.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderValue, Request, Response, StatusCode, Uri};
+use axum::Router;
+use cinder_stateless::Host;
+
+/// What every request handler needs.
+pub struct Front {
+    pub host: Host,
+    /// The worker that receives HTTP traffic (the first config of the run).
+    pub primary: String,
+    /// Its first cron trigger, used when `/__scheduled` names none.
+    pub default_cron: String,
+    /// Whether `/__scheduled` is routed to the scheduled handler (`--test-scheduled`).
+    pub test_scheduled: bool,
+    /// Authority used when a request has no Host header.
+    pub local_addr: SocketAddr,
+}
+
+pub fn router(front: Arc<Front>) -> Router {
+    Router::new().fallback(handle).with_state(front)
+}
+
+async fn handle(
+    State(front): State<Arc<Front>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request<Body>,
+) -> Response<Body> {
+    let path = req.uri().path();
+    // `/cdn-cgi/handler/scheduled` is what current wrangler serves; `/__scheduled` is the
+    // older route, opt-in because a worker may own that path.
+    if path == "/cdn-cgi/handler/scheduled" || (front.test_scheduled && path == "/__scheduled") {
+        return scheduled(&front, req.uri()).await;
+    }
+    match absolute_uri(&req, front.local_addr) {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(message) => return plain(StatusCode::BAD_REQUEST, message),
+    }
+    if let Ok(ip) = HeaderValue::from_str(&peer.ip().to_string()) {
+        // Cloudflare sets this on every request; workers read it for the client address.
+        req.headers_mut().insert("cf-connecting-ip", ip);
+    }
+    front.host.fetch(&front.primary, req).await
+}
+
+/// Workers see `request.url` as an absolute URL: scheme, the Host the client asked for, path.
+fn absolute_uri(req: &Request<Body>, local: SocketAddr) -> Result<Uri, String> {
+    let uri = req.uri();
+    if uri.scheme().is_some() {
+        return Ok(uri.clone());
+    }
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| local.to_string());
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    format!("http://{authority}{path}")
+        .parse()
+        .map_err(|e| format!("bad request target: {e}\n"))
+}
+
+async fn scheduled(front: &Front, uri: &Uri) -> Response<Body> {
+    let query: HashMap<String, String> = Query::try_from_uri(uri)
+        .map(|Query(q)| q)
+        .unwrap_or_default();
+    let cron = query
+        .get("cron")
+        .cloned()
+        .unwrap_or_else(|| front.default_cron.clone());
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let time = match query.get("time") {
+        None => now_ms,
+        Some(t) => match t.parse::<i64>() {
+            Ok(t) => t,
+            Err(_) => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("time={t:?} is not a number of milliseconds since the epoch\n"),
+                )
+            }
+        },
+    };
+    match front.host.scheduled(&front.primary, &cron, time).await {
+        Ok(()) => plain(StatusCode::OK, "Ran scheduled event\n".to_string()),
+        Err(e) => {
+            tracing::error!(worker = %front.primary, %cron, "scheduled event failed: {e}");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
+        }
+    }
+}
+
+fn plain(status: StatusCode, text: String) -> Response<Body> {
+    let mut resp = Response::new(Body::from(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

@@ -1,0 +1,89 @@
+//! Limits: CPU (infinite loop), heap (memory bomb), a script that throws while loading. Each is
+//! answered with an error while well-behaved code on the same server keeps serving.
+
+use std::thread;
+
+use crate::harness::{client, fixture, Server};
+
+fn limits_server() -> Server {
+    let main = fixture("limits").join("wrangler.toml");
+    let good = fixture("limits-good").join("wrangler.toml");
+    Server::start(&[
+        "-c",
+        main.to_str().unwrap(),
+        "-c",
+        good.to_str().unwrap(),
+        "--threads",
+        "2",
+    ])
+}
+
+fn assert_healthy(server: &Server) {
+    let ok = server.get("/ok");
+    assert_eq!(ok.status(), 200, "{}", server.stderr());
+    assert_eq!(ok.text().unwrap(), "ok");
+    let good = server.get("/good");
+    assert_eq!(good.status(), 200, "{}", server.stderr());
+    assert_eq!(good.text().unwrap(), "good script serving");
+}
+
+#[test]
+fn infinite_loop_is_stopped_with_a_5xx() {
+    let server = limits_server();
+    assert_healthy(&server);
+    let looping = {
+        let url = server.url("/loop");
+        thread::spawn(move || client().get(url).send().map(|r| r.status()))
+    };
+    // The other script answers while the loop runs (or right after it is stopped).
+    assert_eq!(server.get("/good").status(), 200);
+    let status = looping
+        .join()
+        .unwrap()
+        .expect("the loop request gets an answer");
+    assert!(status.is_server_error(), "loop answered {status}");
+    let log = server.stderr();
+    assert!(
+        log.to_lowercase().contains("cpu"),
+        "no CPU-limit log line:\n{log}"
+    );
+    assert_healthy(&server);
+    // And again: the isolate that was stopped is usable.
+    assert!(server.get("/loop").status().is_server_error());
+    assert_healthy(&server);
+}
+
+#[test]
+fn memory_bomb_is_stopped_and_later_requests_work() {
+    let server = limits_server();
+    assert_healthy(&server);
+    let status = server.get("/bomb").status();
+    assert!(status.is_server_error(), "bomb answered {status}");
+    let log = server.stderr();
+    assert!(
+        log.to_lowercase().contains("memory"),
+        "no memory-limit log line:\n{log}"
+    );
+    assert_healthy(&server);
+    assert!(server.get("/bomb").status().is_server_error());
+    assert_healthy(&server);
+}
+
+#[test]
+fn script_throwing_at_load_names_file_and_line() {
+    let failure = Server::try_start(&[fixture("throws").to_str().unwrap()])
+        .err()
+        .expect("a script that throws while loading must not serve");
+    assert_eq!(
+        failure.status.and_then(|s| s.code()),
+        Some(1),
+        "{}",
+        failure.stderr
+    );
+    assert!(
+        failure.stderr.contains("boom at load time"),
+        "{}",
+        failure.stderr
+    );
+    assert!(failure.stderr.contains("index.js:3"), "{}", failure.stderr);
+}
