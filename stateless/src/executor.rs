@@ -18,8 +18,12 @@ use crate::{HostError, LoadError};
 /// How long a shutdown waits for in-flight events (and `waitUntil` work) to finish.
 const DRAIN: Duration = Duration::from_secs(10);
 
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Command {
-    Event { worker: String, event: Event },
+    Event {
+        worker: String,
+        event: Event,
+    },
     Probe {
         worker: String,
         reply: oneshot::Sender<Result<Duration, LoadError>>,

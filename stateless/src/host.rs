@@ -223,7 +223,9 @@ impl Host {
             time_ms: scheduled_time_ms,
             reply,
         };
-        self.inner.send(worker, event).map_err(|_| HostError::Shutdown)?;
+        self.inner
+            .send(worker, event)
+            .map_err(|_| HostError::Shutdown)?;
         rx.await.unwrap_or(Err(HostError::Shutdown))
     }
 
@@ -273,6 +275,8 @@ impl HostInner {
         format!("{:016x}", self.request_base.wrapping_add(n))
     }
 
+    /// Hands the event back when no executor takes it, so the caller can answer it.
+    #[allow(clippy::result_large_err)]
     fn send(&self, worker: &str, event: Event) -> Result<(), Event> {
         if self.executors.is_empty() {
             return Err(event);

@@ -54,7 +54,8 @@ fn load_error(w: &WorkerShared, err: &dyn std::fmt::Display) -> LoadError {
         let col = parts.next();
         let line = parts.next();
         let file = parts.next();
-        if let (Some(file), Some(line), Some(_)) = (file, line.and_then(|l| l.parse::<u32>().ok()), col)
+        if let (Some(file), Some(line), Some(_)) =
+            (file, line.and_then(|l| l.parse::<u32>().ok()), col)
         {
             if let Ok(url) = ModuleSpecifier::parse(file) {
                 if let Ok(path) = url.to_file_path() {
@@ -211,10 +212,12 @@ impl Isolate {
             .map_err(|e| load_error(w, &e))?;
         // A top-level throw rejects the evaluation promise, which deno_core reports through
         // the event loop rather than through `mod_evaluate`: poll once to collect it.
-        poll_fn(|cx| match rt.poll_event_loop(cx, PollEventLoopOptions::default()) {
-            Poll::Ready(Err(e)) => Poll::Ready(Err(load_error(w, &e))),
-            _ => Poll::Ready(Ok(())),
-        })
+        poll_fn(
+            |cx| match rt.poll_event_loop(cx, PollEventLoopOptions::default()) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(load_error(w, &e))),
+                _ => Poll::Ready(Ok(())),
+            },
+        )
         .await?;
         let url = serde_json::to_string(w.main_url.as_str()).unwrap_or_default();
         let start = format!(

@@ -5,7 +5,27 @@
 //! The gateway (`cinder-gateway`) builds a [`HostConfig`] from wrangler configuration and hands
 //! HTTP requests to [`Host::fetch`]. Requests cross from the gateway's multi-thread runtime over
 //! channels to executor threads; each executor owns a current-thread tokio runtime and one
-//! `deno_core::JsRuntime` per worker script, reused across requests.
+//! `deno_core::JsRuntime` per worker script, reused across requests (requests to one isolate
+//! interleave at awaits, as on Cloudflare). Every isolate starts from a startup snapshot that
+//! already holds the Web-API globals (`snapshot.rs`, `js/bootstrap.js`).
+//!
+//! Behaviour worth knowing:
+//! - Bodies stream both ways through bounded channels (request body -> `ReadableStream`,
+//!   response `ReadableStream` -> [`Body`]); nothing buffers a whole body.
+//! - An uncaught exception answers `500 Worker threw exception` and is logged.
+//!   `ctx.passThroughOnException()` is accepted; with no origin behind a dev server the
+//!   response is still that 500 (as `wrangler dev`).
+//! - `ctx.waitUntil` promises run after the response is handed back; the event (and its CPU
+//!   accounting) ends when they settle.
+//! - CPU: thread CPU time spent in the isolate while an event is in flight, charged to every
+//!   event in flight on that isolate (interleaved requests cannot be told apart, so a busy
+//!   neighbour can make a request hit the limit early). Past `cpu_ms` the isolate is
+//!   terminated, the request gets `503 Worker exceeded CPU time limit.`, other in-flight requests
+//!   of that isolate a 503, and a fresh isolate takes the next events.
+//! - Heap: past [`HostConfig::heap_limit_bytes`] the same, with `Worker exceeded memory limit.`
+//! - `console.*` goes to `tracing` (target `worker`) with the worker name and request id.
+//! - The global `fetch()` refuses internal addresses (see [`is_internal_address`]) by resolved
+//!   IP, unless [`HostConfig::allow_private_fetch`].
 //!
 //! May depend on `deno_core` and the `deno_*` Web-API crates; later on `cinder-core` for
 //! Durable Objects. Never on the gateway.
@@ -24,8 +44,8 @@ mod snapshot;
 mod state;
 
 pub use host::Host;
-pub use loader::default_rules;
-pub use netguard::ALLOW_FLAG;
+pub use loader::{default_rules, module_kind_for};
+pub use netguard::{is_internal as is_internal_address, ALLOW_FLAG};
 
 /// A streaming HTTP body of `Bytes` chunks; the same type as `axum::body::Body`, so the gateway
 /// passes bodies through without conversion.
@@ -132,7 +152,10 @@ pub enum HostError {
     #[error("no worker named {0:?}")]
     NoSuchWorker(String),
     #[error("worker {worker:?} has no {handler} handler")]
-    NoHandler { worker: String, handler: &'static str },
+    NoHandler {
+        worker: String,
+        handler: &'static str,
+    },
     #[error("worker {worker:?} threw: {message}")]
     Exception { worker: String, message: String },
     #[error("Worker exceeded CPU time limit.")]

@@ -92,6 +92,16 @@ impl Rules {
     }
 }
 
+/// Which kind of module a file (path relative to the project root) becomes under `rules`
+/// followed by wrangler's defaults; `Err` for an invalid glob.
+pub fn module_kind_for(rules: &[ModuleRule], rel: &Path) -> Result<Option<ModuleKind>, String> {
+    let spec = WorkerSpec {
+        rules: rules.to_vec(),
+        ..Default::default()
+    };
+    Ok(Rules::compile(&spec)?.kind_of(rel))
+}
+
 pub(crate) struct Loader {
     pub root: PathBuf,
     pub rules: Arc<Rules>,
@@ -108,9 +118,8 @@ impl Loader {
             .to_file_path()
             .map_err(|_| not_found(format!("cannot load {spec}")))?;
         let rel = path.strip_prefix(&self.root).unwrap_or(&path).to_path_buf();
-        let bytes = std::fs::read(&path).map_err(|e| {
-            not_found(format!("Could not load module {}: {e}", path.display()))
-        })?;
+        let bytes = std::fs::read(&path)
+            .map_err(|e| not_found(format!("Could not load module {}: {e}", path.display())))?;
         if json {
             return Ok(ModuleSource::new(
                 ModuleType::Json,
@@ -149,7 +158,9 @@ impl Loader {
                 }
                 let lit = serde_json::to_string(&key).unwrap_or_else(|_| "\"\"".into());
                 if kind == ModuleKind::Data {
-                    format!("export default globalThis[Symbol.for(\"cinder.moduleData\")]({lit});\n")
+                    format!(
+                        "export default globalThis[Symbol.for(\"cinder.moduleData\")]({lit});\n"
+                    )
                 } else {
                     format!(
                         "export default new WebAssembly.Module(globalThis[Symbol.for(\"cinder.moduleData\")]({lit}));\n"
@@ -223,38 +234,5 @@ impl ModuleLoader for Loader {
         }
         let json = matches!(options.requested_module_type, RequestedModuleType::Json);
         ModuleLoadResponse::Sync(self.load_file(spec, json))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec_with(rules: Vec<ModuleRule>) -> WorkerSpec {
-        WorkerSpec {
-            rules,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn default_and_user_rules() {
-        let r = Rules::compile(&spec_with(vec![])).unwrap();
-        assert_eq!(r.kind_of(Path::new("src/a.js")), Some(ModuleKind::ESModule));
-        assert_eq!(r.kind_of(Path::new("index.mjs")), Some(ModuleKind::ESModule));
-        assert_eq!(r.kind_of(Path::new("page.html")), Some(ModuleKind::Text));
-        assert_eq!(r.kind_of(Path::new("x/y.bin")), Some(ModuleKind::Data));
-        assert_eq!(r.kind_of(Path::new("m.wasm")), Some(ModuleKind::CompiledWasm));
-        assert_eq!(r.kind_of(Path::new("m.md")), None);
-
-        let r = Rules::compile(&spec_with(vec![ModuleRule {
-            kind: ModuleKind::Data,
-            globs: vec!["**/*.html".into()],
-            fallthrough: false,
-        }]))
-        .unwrap();
-        assert_eq!(r.kind_of(Path::new("page.html")), Some(ModuleKind::Data));
-        // fallthrough = false removes the default Data rule.
-        assert_eq!(r.kind_of(Path::new("x.bin")), None);
     }
 }

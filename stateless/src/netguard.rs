@@ -27,7 +27,8 @@ fn refusal(target: &str) -> String {
     )
 }
 
-/// True for addresses a worker must not reach by default.
+/// True for addresses a worker's `fetch()` must not reach by default: loopback, private,
+/// link-local, unique-local, carrier-grade NAT, unspecified and broadcast ranges.
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_internal_v4(v4),
@@ -66,9 +67,8 @@ impl Resolve for PublicOnly {
     fn resolve(&self, name: Name) -> Resolving {
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let public: Vec<SocketAddr> = addrs
                 .iter()
                 .copied()
@@ -159,31 +159,4 @@ pub(crate) async fn fetch(
         .await
         .map_err(|e| JsErrorBox::type_error(format!("fetch failed: {}", error_chain(&e))))?;
     Ok(resp.map(Body::new))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn internal_ranges() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.0.1",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(is_internal(ip.parse().unwrap()), "{ip} should be internal");
-        }
-        for ip in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
-            assert!(!is_internal(ip.parse().unwrap()), "{ip} should be public");
-        }
-    }
 }

@@ -64,7 +64,12 @@ pub(crate) struct JsEvent {
 fn header_pairs(headers: &http::HeaderMap) -> Vec<(ByteString, ByteString)> {
     headers
         .iter()
-        .map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_bytes().to_vec())))
+        .map(|(k, v)| {
+            (
+                ByteString::from(k.as_str()),
+                ByteString::from(v.as_bytes().to_vec()),
+            )
+        })
         .collect()
 }
 
@@ -178,9 +183,7 @@ impl http_body::Body for SinkBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|c| c.map(|r| r.map(Frame::data)))
+        self.rx.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data)))
     }
 }
 

@@ -52,10 +52,7 @@ pub(crate) struct IsolateState {
 }
 
 impl IsolateState {
-    pub fn new(
-        worker: Arc<WorkerCtx>,
-        events: Rc<Mutex<mpsc::UnboundedReceiver<Event>>>,
-    ) -> Self {
+    pub fn new(worker: Arc<WorkerCtx>, events: Rc<Mutex<mpsc::UnboundedReceiver<Event>>>) -> Self {
         IsolateState {
             worker,
             events,

@@ -135,7 +135,11 @@ export default {
     assert_eq!(s, 200, "{t}");
     let v: serde_json::Value = serde_json::from_str(&t).unwrap();
     for (k, val) in v.as_object().unwrap() {
-        assert_eq!(val, &serde_json::Value::Bool(true), "global check {k}: {val}");
+        assert_eq!(
+            val,
+            &serde_json::Value::Bool(true),
+            "global check {k}: {val}"
+        );
     }
     assert!(v.as_object().unwrap().len() >= 25, "{v}");
     host.shutdown().await;
@@ -283,13 +287,21 @@ export default {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_errors_name_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "syntax.js", "export default {\n  fetch() {\n    return 1 +;\n  }\n};\n");
+    write(
+        dir.path(),
+        "syntax.js",
+        "export default {\n  fetch() {\n    return 1 +;\n  }\n};\n",
+    );
     write(
         dir.path(),
         "throws.js",
         "const a = 1;\nthrow new Error('top level');\nexport default {};\n",
     );
-    write(dir.path(), "missing.js", "import x from './nope.js';\nexport default {};\n");
+    write(
+        dir.path(),
+        "missing.js",
+        "import x from './nope.js';\nexport default {};\n",
+    );
     for (file, line) in [("syntax.js", 3), ("throws.js", 2)] {
         let err = Host::start(config(vec![worker("w", dir.path(), file)]))
             .err()
@@ -338,16 +350,31 @@ export default {
 
     let (s, t) = text(host.fetch("bad", get("http://x/loop")).await).await;
     assert_eq!((s, t.trim()), (503, "Worker exceeded CPU time limit."));
-    assert_eq!(text(host.fetch("good", get("http://x/")).await).await.1, "good");
-    assert_eq!(text(host.fetch("bad", get("http://x/")).await).await.1, "fine");
+    assert_eq!(
+        text(host.fetch("good", get("http://x/")).await).await.1,
+        "good"
+    );
+    assert_eq!(
+        text(host.fetch("bad", get("http://x/")).await).await.1,
+        "fine"
+    );
 
     // Waiting on a timer costs no CPU: longer than the 200 ms budget in wall time is fine.
-    assert_eq!(text(host.fetch("bad", get("http://x/io")).await).await.1, "waited");
+    assert_eq!(
+        text(host.fetch("bad", get("http://x/io")).await).await.1,
+        "waited"
+    );
 
     let (s, t) = text(host.fetch("bad", get("http://x/bomb")).await).await;
     assert_eq!((s, t.trim()), (503, "Worker exceeded memory limit."));
-    assert_eq!(text(host.fetch("good", get("http://x/")).await).await.1, "good");
-    assert_eq!(text(host.fetch("bad", get("http://x/")).await).await.1, "fine");
+    assert_eq!(
+        text(host.fetch("good", get("http://x/")).await).await.1,
+        "good"
+    );
+    assert_eq!(
+        text(host.fetch("bad", get("http://x/")).await).await.1,
+        "fine"
+    );
     host.shutdown().await;
 }
 
@@ -362,7 +389,9 @@ async fn private_fetch_refused_unless_allowed() {
                 let mut buf = vec![0u8; 4096];
                 let _ = sock.read(&mut buf).await;
                 let _ = sock
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nlocal")
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nlocal",
+                    )
                     .await;
             });
         }
@@ -415,4 +444,62 @@ async fn cold_start_probe_reports_samples() {
     let samples = host.cold_start_probe("h", 3).await.unwrap();
     assert_eq!(samples.len(), 3);
     host.shutdown().await;
+}
+
+#[test]
+fn module_rules_follow_wrangler() {
+    use cinder_stateless::module_kind_for;
+    let kind = |rules: &[ModuleRule], p: &str| module_kind_for(rules, Path::new(p)).unwrap();
+    assert_eq!(kind(&[], "src/a.js"), Some(ModuleKind::ESModule));
+    assert_eq!(kind(&[], "index.mjs"), Some(ModuleKind::ESModule));
+    assert_eq!(kind(&[], "page.html"), Some(ModuleKind::Text));
+    assert_eq!(kind(&[], "x/y.bin"), Some(ModuleKind::Data));
+    assert_eq!(kind(&[], "m.wasm"), Some(ModuleKind::CompiledWasm));
+    assert_eq!(kind(&[], "m.md"), None);
+    let html_as_data = [ModuleRule {
+        kind: ModuleKind::Data,
+        globs: vec!["**/*.html".into()],
+        fallthrough: false,
+    }];
+    assert_eq!(kind(&html_as_data, "page.html"), Some(ModuleKind::Data));
+    // fallthrough = false removes the default Data rule.
+    assert_eq!(kind(&html_as_data, "x.bin"), None);
+    assert!(module_kind_for(
+        &[ModuleRule {
+            kind: ModuleKind::Text,
+            globs: vec!["[".into()],
+            fallthrough: true,
+        }],
+        Path::new("a"),
+    )
+    .is_err());
+}
+
+#[test]
+fn internal_address_ranges() {
+    use cinder_stateless::is_internal_address;
+    for ip in [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "0.0.0.0",
+        "100.64.0.1",
+        "::1",
+        "fe80::1",
+        "fd00::1",
+        "::ffff:127.0.0.1",
+    ] {
+        assert!(
+            is_internal_address(ip.parse().unwrap()),
+            "{ip} should be internal"
+        );
+    }
+    for ip in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
+        assert!(
+            !is_internal_address(ip.parse().unwrap()),
+            "{ip} should be public"
+        );
+    }
 }
