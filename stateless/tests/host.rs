@@ -503,3 +503,32 @@ fn internal_address_ranges() {
         );
     }
 }
+
+/// Not a test: prints rough figures (`cargo test -p cinder-stateless -- --ignored --nocapture
+/// figures`). Benchmarks proper live in bench/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn figures() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "h.js",
+        "export default { fetch() { return new Response('hi'); } };",
+    );
+    let host = Host::start(config(vec![worker("h", dir.path(), "h.js")])).unwrap();
+    let mut cold = host.cold_start_probe("h", 50).await.unwrap();
+    cold.sort();
+    println!(
+        "cold start: p50 {:?} p99 {:?}",
+        cold[cold.len() / 2],
+        cold[cold.len() * 99 / 100]
+    );
+    let n = 5000;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let resp = host.fetch("h", get("http://x/")).await;
+        let _ = resp.into_body().collect().await.unwrap();
+    }
+    println!("sequential fetch: {:?} per request", t0.elapsed() / n);
+    host.shutdown().await;
+}
