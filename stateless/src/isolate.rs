@@ -246,7 +246,8 @@ impl Isolate {
             // SAFETY: this isolate is the current one again after the poll.
             unsafe { (*isolate).exit() };
             let fired = slot.disarm();
-            self.state.charge(cpu::thread_cpu_now().saturating_sub(t0));
+            self.state
+                .charge(cpu::thread_cpu_now().saturating_sub(t0), fired);
             if self.heap_hit.load(Ordering::SeqCst) {
                 return Poll::Ready(Err(Stop::MemoryLimit));
             }

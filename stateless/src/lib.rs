@@ -17,11 +17,12 @@
 //!   response is still that 500 (as `wrangler dev`).
 //! - `ctx.waitUntil` promises run after the response is handed back; the event (and its CPU
 //!   accounting) ends when they settle.
-//! - CPU: thread CPU time spent in the isolate while an event is in flight, charged to every
-//!   event in flight on that isolate (interleaved requests cannot be told apart, so a busy
-//!   neighbour can make a request hit the limit early). Past `cpu_ms` the isolate is
-//!   terminated, the request gets `503 Worker exceeded CPU time limit.`, other in-flight requests
-//!   of that isolate a 503, and a fresh isolate takes the next events.
+//! - CPU: thread CPU time spent in the isolate while an event is in flight. One uninterrupted
+//!   JS turn is stopped once it would take any in-flight event past `cpu_ms`; CPU of ordinary
+//!   turns is split evenly between the events in flight (interleaved requests cannot be told
+//!   apart). Past the limit the isolate is terminated, the request gets
+//!   `503 Worker exceeded CPU time limit.`, other in-flight requests of that isolate a 503, and
+//!   a fresh isolate takes the next events.
 //! - Heap: past [`HostConfig::heap_limit_bytes`] the same, with `Worker exceeded memory limit.`
 //! - `console.*` goes to `tracing` (target `worker`) with the worker name and request id.
 //! - The global `fetch()` refuses internal addresses (see [`is_internal_address`]) by resolved

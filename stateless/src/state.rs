@@ -81,11 +81,16 @@ impl IsolateState {
             .unwrap_or(limit)
     }
 
-    /// Charges a slice of CPU to every event in flight. With interleaved requests we cannot
-    /// tell which of them ran, so each is charged (conservative: it can only stop early).
-    pub fn charge(&self, dt: Duration) {
-        for f in self.inflight.borrow_mut().values_mut() {
-            f.cpu += dt;
+    /// Charges a slice of CPU to the events in flight. Interleaved requests cannot be told
+    /// apart, so an ordinary slice is split evenly between them (a request parked on I/O is not
+    /// billed for its neighbours' work); the slice in which the watchdog fired is charged whole
+    /// to each, so the event that ran out is the one reported.
+    pub fn charge(&self, dt: Duration, whole: bool) {
+        let mut inflight = self.inflight.borrow_mut();
+        let n = inflight.len().max(1) as u32;
+        let share = if whole { dt } else { dt / n };
+        for f in inflight.values_mut() {
+            f.cpu += share;
         }
     }
 }

@@ -331,6 +331,10 @@ export default {
     const p = new URL(request.url).pathname;
     if (p === "/loop") { while (true) {} }
     if (p === "/bomb") { const a = []; while (true) a.push(new Array(100000).fill(Math.random())); }
+    if (p === "/chunks") {
+      // Many short turns: 40 ms of CPU, then an await, forever. Only the total trips the limit.
+      for (;;) { const t = Date.now(); while (Date.now() - t < 40) {} await new Promise(r => setTimeout(r, 1)); }
+    }
     if (p === "/io") { await new Promise(r => setTimeout(r, 300)); return new Response("waited"); }
     return new Response("fine");
   },
@@ -354,6 +358,13 @@ export default {
         text(host.fetch("good", get("http://x/")).await).await.1,
         "good"
     );
+    assert_eq!(
+        text(host.fetch("bad", get("http://x/")).await).await.1,
+        "fine"
+    );
+
+    let (s, t) = text(host.fetch("bad", get("http://x/chunks")).await).await;
+    assert_eq!((s, t.trim()), (503, "Worker exceeded CPU time limit."));
     assert_eq!(
         text(host.fetch("bad", get("http://x/")).await).await.1,
         "fine"
