@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::cpu::Slot;
 use crate::event::{error_response, stop_response, Event, Stop};
-use crate::isolate::{Isolate, WorkerShared};
+use crate::isolate::{fill, Isolate, Spare, WorkerShared};
 use crate::state::{IsolateState, Reply};
 use crate::{HostError, LoadError};
 
@@ -52,18 +52,20 @@ pub(crate) fn run(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let slot = Slot::for_current_thread();
+        let spare: Spare = Default::default();
         let mut senders: HashMap<String, mpsc::UnboundedSender<Event>> = HashMap::new();
         let mut tasks = Vec::new();
         for w in workers.iter() {
             let (tx, rx) = mpsc::unbounded_channel();
             let rx: EventRx = Rc::new(Mutex::new(rx));
-            match Isolate::create(w, rx.clone(), &slot).await {
+            match Isolate::create(w, rx.clone(), &slot, &spare).await {
                 Ok(iso) => {
                     tasks.push(tokio::task::spawn_local(serve(
                         w.clone(),
                         iso,
                         rx,
                         slot.clone(),
+                        spare.clone(),
                     )));
                     senders.insert(w.ctx.spec.name.clone(), tx);
                 }
@@ -86,7 +88,7 @@ pub(crate) fn run(
                 },
                 Command::Probe { worker, reply } => {
                     let r = match workers.iter().find(|w| w.ctx.spec.name == worker) {
-                        Some(w) => probe(w, &slot).await,
+                        Some(w) => probe(w, &slot, &spare).await,
                         None => Err(LoadError::Config {
                             worker,
                             message: "no such worker".into(),
@@ -102,6 +104,7 @@ pub(crate) fn run(
         if tokio::time::timeout(DRAIN, all).await.is_err() {
             tracing::warn!("shutdown: isolates still busy after {DRAIN:?}; dropping them");
         }
+        spare.borrow_mut().take();
     });
     let _ = done.send(());
 }
@@ -159,7 +162,7 @@ fn fail_inflight(state: &IsolateState, stop: Stop, cpu_limit: Duration) {
 }
 
 /// Drives one worker's isolate on this thread, recreating it after a limit stops it.
-async fn serve(w: Arc<WorkerShared>, mut iso: Isolate, rx: EventRx, slot: Arc<Slot>) {
+async fn serve(w: Arc<WorkerShared>, mut iso: Isolate, rx: EventRx, slot: Arc<Slot>, spare: Spare) {
     loop {
         let stop = match iso.run(&slot, w.cpu_limit).await {
             Ok(()) => return,
@@ -171,7 +174,7 @@ async fn serve(w: Arc<WorkerShared>, mut iso: Isolate, rx: EventRx, slot: Arc<Sl
         fail_inflight(iso.state(), stop, w.cpu_limit);
         drop(iso);
         iso = loop {
-            match Isolate::create(&w, rx.clone(), &slot).await {
+            match Isolate::create(&w, rx.clone(), &slot, &spare).await {
                 Ok(new) => break new,
                 Err(e) => {
                     tracing::error!(worker = %w.ctx.spec.name, "worker failed to reload: {e}");
@@ -190,12 +193,13 @@ async fn serve(w: Arc<WorkerShared>, mut iso: Isolate, rx: EventRx, slot: Arc<Sl
     }
 }
 
-/// Cold start: a new isolate from the snapshot, its modules loaded, until the response head of
-/// one `GET /` is ready.
-async fn probe(w: &WorkerShared, slot: &Slot) -> Result<Duration, LoadError> {
+/// Cold start: a new isolate for the worker (the executor's pre-warmed spare, restored from the
+/// snapshot while idle), its modules loaded, until the response head of one `GET /` is ready.
+async fn probe(w: &WorkerShared, slot: &Slot, spare: &Spare) -> Result<Duration, LoadError> {
+    fill(spare, w.heap_limit);
     let t0 = Instant::now();
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut iso = Isolate::create(w, Rc::new(Mutex::new(rx)), slot).await?;
+    let mut iso = Isolate::create(w, Rc::new(Mutex::new(rx)), slot, spare).await?;
     let (reply, mut resp) = oneshot::channel();
     let mut req = http::Request::new(crate::Body::empty());
     *req.uri_mut() = http::Uri::from_static("http://localhost/");

@@ -32,11 +32,97 @@ pub(crate) struct WorkerShared {
     pub env_json: String,
 }
 
-pub(crate) struct Isolate {
+/// A runtime restored from the startup snapshot, not yet given a worker. Executors keep one
+/// spare per thread so a new isolate only has to load the worker's modules.
+pub(crate) struct Runtime {
     rt: JsRuntime,
-    state: Rc<IsolateState>,
+    loader: Rc<BindableLoader>,
     handle: v8::IsolateHandle,
     heap_hit: Arc<AtomicBool>,
+    heap_limit: usize,
+}
+
+/// An executor thread's pre-warmed [`Runtime`].
+pub(crate) type Spare = Rc<std::cell::RefCell<Option<Runtime>>>;
+
+/// The module loader of a [`Runtime`], given its worker's [`Loader`] when the runtime is bound.
+#[derive(Default)]
+pub(crate) struct BindableLoader(std::cell::RefCell<Option<Rc<Loader>>>);
+
+impl BindableLoader {
+    fn get(&self) -> Result<Rc<Loader>, deno_error::JsErrorBox> {
+        self.0
+            .borrow()
+            .clone()
+            .ok_or_else(|| deno_error::JsErrorBox::generic("no worker bound to this isolate"))
+    }
+}
+
+impl deno_core::ModuleLoader for BindableLoader {
+    fn resolve(
+        &self,
+        specifier: &str,
+        referrer: &str,
+        kind: deno_core::ResolutionKind,
+    ) -> Result<ModuleSpecifier, deno_error::JsErrorBox> {
+        self.get()?.resolve(specifier, referrer, kind)
+    }
+
+    fn load(
+        &self,
+        spec: &ModuleSpecifier,
+        referrer: Option<&deno_core::ModuleLoadReferrer>,
+        options: deno_core::ModuleLoadOptions,
+    ) -> deno_core::ModuleLoadResponse {
+        match self.get() {
+            Ok(l) => l.load(spec, referrer, options),
+            Err(e) => deno_core::ModuleLoadResponse::Sync(Err(e)),
+        }
+    }
+}
+
+impl Runtime {
+    /// A fresh runtime from the snapshot (about 3 ms: the V8 heap is deserialised and every
+    /// extension's ops are registered).
+    pub fn blank(heap_limit: usize) -> Result<Runtime, String> {
+        let snapshot = crate::snapshot::get()?;
+        let loader = Rc::new(BindableLoader::default());
+        let params = v8::CreateParams::default().heap_limits(0, heap_limit);
+        let mut rt = JsRuntime::try_new(RuntimeOptions {
+            module_loader: Some(loader.clone()),
+            extensions: crate::snapshot::extensions(),
+            startup_snapshot: Some(snapshot),
+            create_params: Some(params),
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())?;
+        let handle = rt.v8_isolate().thread_safe_handle();
+        let heap_hit = Arc::new(AtomicBool::new(false));
+        {
+            let handle = handle.clone();
+            let hit = heap_hit.clone();
+            rt.add_near_heap_limit_callback(move |current, _initial| {
+                hit.store(true, Ordering::SeqCst);
+                handle.terminate_execution();
+                // Room for V8 to unwind the terminated script; the isolate is dropped after.
+                current.saturating_mul(2)
+            });
+        }
+        // SAFETY: the new isolate is the current one (rusty_v8 entered it on creation).
+        unsafe { (*isolate_ptr(&mut rt)).exit() };
+        Ok(Runtime {
+            rt,
+            loader,
+            handle,
+            heap_hit,
+            heap_limit,
+        })
+    }
+}
+
+pub(crate) struct Isolate {
+    rt: Runtime,
+    state: Rc<IsolateState>,
 }
 
 /// Turns a deno_core error into a [`LoadError`] naming the file and line, taken from the first
@@ -110,7 +196,7 @@ fn isolate_ptr(rt: &mut JsRuntime) -> *mut v8::Isolate {
     &mut **owned
 }
 
-impl Drop for Isolate {
+impl Drop for Runtime {
     fn drop(&mut self) {
         // SAFETY: dropping the runtime exits the isolate once; entering it here makes it the
         // current isolate, as that exit (and deno_core's cleanup) require.
@@ -125,58 +211,38 @@ impl Isolate {
         w: &WorkerShared,
         events: Rc<Mutex<mpsc::UnboundedReceiver<Event>>>,
         slot: &Slot,
+        spare: &Spare,
     ) -> Result<Isolate, LoadError> {
-        let snapshot = crate::snapshot::get().map_err(|message| LoadError::File {
-            file: w.main.clone(),
-            message: format!("startup snapshot: {message}"),
-        })?;
-        let loader = Rc::new(Loader {
+        let spare_rt = spare
+            .borrow_mut()
+            .take()
+            .filter(|r| r.heap_limit == w.heap_limit);
+        let runtime = match spare_rt {
+            Some(r) => r,
+            None => Runtime::blank(w.heap_limit).map_err(|message| LoadError::File {
+                file: w.main.clone(),
+                message: format!("creating the isolate: {message}"),
+            })?,
+        };
+        refill(spare, w.heap_limit);
+        *runtime.loader.0.borrow_mut() = Some(Rc::new(Loader {
             root: w.root.clone(),
             rules: w.rules.clone(),
             data: w.ctx.module_data.clone(),
-        });
-        let params = v8::CreateParams::default().heap_limits(0, w.heap_limit);
-        let mut rt = JsRuntime::try_new(RuntimeOptions {
-            module_loader: Some(loader),
-            extensions: crate::snapshot::extensions(),
-            startup_snapshot: Some(snapshot),
-            create_params: Some(params),
-            ..Default::default()
-        })
-        .map_err(|e| load_error(w, &e))?;
+        }));
         let state = Rc::new(IsolateState::new(w.ctx.clone(), events));
-        rt.op_state().borrow_mut().put(state.clone());
+        runtime.rt.op_state().borrow_mut().put(state.clone());
+        let mut iso = Isolate { rt: runtime, state };
 
-        let handle = rt.v8_isolate().thread_safe_handle();
-        let heap_hit = Arc::new(AtomicBool::new(false));
-        {
-            let handle = handle.clone();
-            let hit = heap_hit.clone();
-            rt.add_near_heap_limit_callback(move |current, _initial| {
-                hit.store(true, Ordering::SeqCst);
-                handle.terminate_execution();
-                // Room for V8 to unwind the terminated script; the isolate is dropped after.
-                current.saturating_mul(2)
-            });
-        }
-        // SAFETY: the new isolate is the current one (rusty_v8 entered it on creation).
-        unsafe { (*isolate_ptr(&mut rt)).exit() };
-        let mut iso = Isolate {
-            rt,
-            state,
-            handle,
-            heap_hit,
-        };
-
-        slot.arm(iso.handle.clone(), w.cpu_limit);
-        let ptr = isolate_ptr(&mut iso.rt);
+        slot.arm(iso.rt.handle.clone(), w.cpu_limit);
+        let ptr = isolate_ptr(&mut iso.rt.rt);
         let loaded = Entered {
             isolate: ptr,
-            fut: Box::pin(Self::load_main(&mut iso.rt, w)),
+            fut: Box::pin(Self::load_main(&mut iso.rt.rt, w)),
         }
         .await;
         let fired = slot.disarm();
-        if iso.heap_hit.load(Ordering::SeqCst) {
+        if iso.rt.heap_hit.load(Ordering::SeqCst) {
             return Err(LoadError::Script {
                 file: w.main.clone(),
                 line: 0,
@@ -235,20 +301,23 @@ impl Isolate {
 
     /// Serves events until the event channel closes (`Ok`) or the isolate must be dropped.
     pub async fn run(&mut self, slot: &Slot, cpu_limit: Duration) -> Result<(), Stop> {
-        let isolate = isolate_ptr(&mut self.rt);
+        let isolate = isolate_ptr(&mut self.rt.rt);
         poll_fn(|cx| {
             let budget = self.state.cpu_remaining(cpu_limit);
             let t0 = cpu::thread_cpu_now();
-            slot.arm(self.handle.clone(), budget);
+            slot.arm(self.rt.handle.clone(), budget);
             // SAFETY: see `Entered`; paired with the exit below, same thread, same poll.
             unsafe { (*isolate).enter() };
-            let r = self.rt.poll_event_loop(cx, PollEventLoopOptions::default());
+            let r = self
+                .rt
+                .rt
+                .poll_event_loop(cx, PollEventLoopOptions::default());
             // SAFETY: this isolate is the current one again after the poll.
             unsafe { (*isolate).exit() };
             let fired = slot.disarm();
             self.state
                 .charge(cpu::thread_cpu_now().saturating_sub(t0), fired);
-            if self.heap_hit.load(Ordering::SeqCst) {
+            if self.rt.heap_hit.load(Ordering::SeqCst) {
                 return Poll::Ready(Err(Stop::MemoryLimit));
             }
             if fired {
@@ -267,5 +336,29 @@ impl Isolate {
             }
         })
         .await
+    }
+}
+
+/// How long after a spare was used a new one is made: the restore blocks the thread for
+/// milliseconds, so it must not sit in front of the first event of the isolate that took it.
+const REFILL_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Makes a new spare runtime a little later.
+pub(crate) fn refill(spare: &Spare, heap_limit: usize) {
+    let spare = spare.clone();
+    tokio::task::spawn_local(async move {
+        tokio::time::sleep(REFILL_DELAY).await;
+        fill(&spare, heap_limit);
+    });
+}
+
+/// Fills the spare slot now if it is empty.
+pub(crate) fn fill(spare: &Spare, heap_limit: usize) {
+    if spare.borrow().is_some() {
+        return;
+    }
+    match Runtime::blank(heap_limit) {
+        Ok(r) => *spare.borrow_mut() = Some(r),
+        Err(e) => tracing::warn!("could not pre-create an isolate: {e}"),
     }
 }
