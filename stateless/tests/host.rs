@@ -543,3 +543,42 @@ async fn figures() {
     println!("sequential fetch: {:?} per request", t0.elapsed() / n);
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_interleave_in_one_isolate() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "i.js",
+        r#"
+let release = null;
+let waiting = 0;
+const parked = new Promise(r => { release = r; });
+export default {
+  async fetch(request) {
+    const p = new URL(request.url).pathname;
+    if (p === "/park") {
+      waiting++;
+      return new Response("released with " + await parked);
+    }
+    if (waiting === 0) return new Response("nobody parked yet");
+    release("token");
+    return new Response("released");
+  },
+};
+"#,
+    );
+    let host = Host::start(config(vec![worker("i", dir.path(), "i.js")])).unwrap();
+    // The first request waits inside the isolate until the second one, served by the same
+    // isolate meanwhile, releases it.
+    let parked = tokio::spawn({
+        let host = host.clone();
+        async move { text(host.fetch("i", get("http://x/park")).await).await }
+    });
+    assert_eq!(
+        text(host.fetch("i", get("http://x/go")).await).await.1,
+        "released"
+    );
+    assert_eq!(parked.await.unwrap().1, "released with token");
+    host.shutdown().await;
+}
