@@ -1,6 +1,7 @@
 //! Bodies stream both ways: 200 MB through the server with bounded memory.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -87,21 +88,26 @@ fn warm_server() -> (Server, u64) {
 fn large_upload_is_echoed_with_bounded_memory() {
     let (server, baseline) = warm_server();
     let watch = RssWatch::start(server.pid());
-    let body = reqwest::blocking::Body::sized(PatternReader { pos: 0 }, SIZE);
-    let mut resp = client()
-        .post(server.url("/echo"))
-        .body(body)
-        .send()
-        .expect("echo request");
-    assert_eq!(resp.status(), 200);
-    let mut buf = vec![0u8; 256 * 1024];
+    // A raw HTTP/1.1 exchange so upload and download run at the same time, on two threads:
+    // the echo can only finish if the server streams both ways.
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let stream = TcpStream::connect(&addr).expect("connect");
+    let mut writer = stream.try_clone().unwrap();
+    let upload = thread::spawn(move || {
+        write!(
+            writer,
+            "POST /echo HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {SIZE}\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = PatternReader { pos: 0 };
+        std::io::copy(&mut body, &mut writer).expect("upload");
+    });
+    let mut reader = BufReader::new(stream);
+    let head = read_head(&mut reader);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let mut seen: u64 = 0;
-    loop {
-        let n = resp.read(&mut buf).expect("read echoed body");
-        if n == 0 {
-            break;
-        }
-        for (k, b) in buf[..n].iter().enumerate() {
+    for_each_body_chunk(&mut reader, &head, |chunk| {
+        for (k, b) in chunk.iter().enumerate() {
             assert_eq!(
                 *b,
                 pattern(seen + k as u64),
@@ -109,8 +115,9 @@ fn large_upload_is_echoed_with_bounded_memory() {
                 seen + k as u64
             );
         }
-        seen += n as u64;
-    }
+        seen += chunk.len() as u64;
+    });
+    upload.join().unwrap();
     let peak = watch.finish();
     assert_eq!(seen, SIZE);
     assert!(
@@ -120,6 +127,54 @@ fn large_upload_is_echoed_with_bounded_memory() {
         peak >> 20,
         SIZE >> 20
     );
+}
+
+/// Reads the response head (status line and headers), lower-cased.
+fn read_head(reader: &mut impl BufRead) -> String {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "connection closed in the head: {head}"
+        );
+        if line == "\r\n" {
+            return head.to_ascii_lowercase().replace("http/1.1", "HTTP/1.1");
+        }
+        head.push_str(&line);
+    }
+}
+
+/// Feeds the body to `f` piece by piece: chunked, sized or until close.
+fn for_each_body_chunk(reader: &mut impl BufRead, head: &str, mut f: impl FnMut(&[u8])) {
+    let mut buf = vec![0u8; 256 * 1024];
+    if head.contains("transfer-encoding: chunked") {
+        loop {
+            let mut size_line = String::new();
+            reader.read_line(&mut size_line).unwrap();
+            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap(), 16)
+                .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
+            if size == 0 {
+                return;
+            }
+            let mut left = size;
+            while left > 0 {
+                let n = left.min(buf.len());
+                reader.read_exact(&mut buf[..n]).unwrap();
+                f(&buf[..n]);
+                left -= n;
+            }
+            let mut crlf = [0u8; 2];
+            reader.read_exact(&mut crlf).unwrap();
+        }
+    }
+    loop {
+        let n = reader.read(&mut buf).unwrap();
+        if n == 0 {
+            return;
+        }
+        f(&buf[..n]);
+    }
 }
 
 #[test]
