@@ -36,7 +36,7 @@ type EventRx = Rc<Mutex<mpsc::UnboundedReceiver<Event>>>;
 pub(crate) fn run(
     workers: Arc<Vec<Arc<WorkerShared>>>,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    ready: std::sync::mpsc::Sender<Result<(), LoadError>>,
+    ready: std::sync::mpsc::Sender<Result<Vec<(usize, LoadError)>, LoadError>>,
     done: oneshot::Sender<()>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -54,8 +54,11 @@ pub(crate) fn run(
         let slot = Slot::for_current_thread();
         let spare: Spare = Default::default();
         let mut senders: HashMap<String, mpsc::UnboundedSender<Event>> = HashMap::new();
+        // Workers whose modules failed to load on this thread, with the error their events get.
+        let mut failed: HashMap<String, String> = HashMap::new();
+        let mut load_errors = Vec::new();
         let mut tasks = Vec::new();
-        for w in workers.iter() {
+        for (i, w) in workers.iter().enumerate() {
             let (tx, rx) = mpsc::unbounded_channel();
             let rx: EventRx = Rc::new(Mutex::new(rx));
             match Isolate::create(w, rx.clone(), &slot, &spare).await {
@@ -70,12 +73,12 @@ pub(crate) fn run(
                     senders.insert(w.ctx.spec.name.clone(), tx);
                 }
                 Err(e) => {
-                    let _ = ready.send(Err(e));
-                    return;
+                    failed.insert(w.ctx.spec.name.clone(), e.to_string());
+                    load_errors.push((i, e));
                 }
             }
         }
-        let _ = ready.send(Ok(()));
+        let _ = ready.send(Ok(load_errors));
         while let Some(cmd) = commands.recv().await {
             match cmd {
                 Command::Event { worker, event } => match senders.get(&worker) {
@@ -84,7 +87,10 @@ pub(crate) fn run(
                             answer(ev, Stop::Crashed);
                         }
                     }
-                    None => answer(event, Stop::Crashed),
+                    None => match failed.get(&worker) {
+                        Some(err) => answer_load_failure(event, &worker, err),
+                        None => answer(event, Stop::Crashed),
+                    },
                 },
                 Command::Probe { worker, reply } => {
                     let r = match workers.iter().find(|w| w.ctx.spec.name == worker) {
@@ -117,6 +123,25 @@ fn answer(event: Event, stop: Stop) {
         }
         Event::Scheduled { reply, .. } => {
             let _ = reply.send(Err(HostError::Shutdown));
+        }
+    }
+}
+
+/// Answers an event for a worker whose modules failed to load: `500` naming the error (file,
+/// line and message).
+fn answer_load_failure(event: Event, worker: &str, err: &str) {
+    match event {
+        Event::Fetch { reply, .. } => {
+            let _ = reply.send(error_response(
+                500,
+                &format!("Worker failed to load: {err}"),
+            ));
+        }
+        Event::Scheduled { reply, .. } => {
+            let _ = reply.send(Err(HostError::LoadFailed {
+                worker: worker.to_string(),
+                message: err.to_string(),
+            }));
         }
     }
 }
@@ -182,10 +207,7 @@ async fn serve(w: Arc<WorkerShared>, mut iso: Isolate, rx: EventRx, slot: Arc<Sl
                     let next = rx.lock().await.recv().await;
                     match next {
                         None => return,
-                        Some(Event::Fetch { reply, .. }) => {
-                            let _ = reply.send(error_response(500, "Worker failed to load."));
-                        }
-                        Some(ev) => answer(ev, Stop::Crashed),
+                        Some(ev) => answer_load_failure(ev, &w.ctx.spec.name, &e.to_string()),
                     }
                 }
             }

@@ -105,7 +105,9 @@ fn prepare(cfg: &HostConfig) -> Result<Vec<Arc<WorkerShared>>, LoadError> {
 
 impl Host {
     /// Starts the executor threads and loads every worker on each of them. Fails with the first
-    /// load error (its `Display` names the file and line).
+    /// worker's load error (its `Display` names the file and line): that worker is the one
+    /// serving outside traffic. Any other worker that fails to load is logged once and left
+    /// answering each of its events with `500` naming the error, so the rest keep serving.
     pub fn start(cfg: HostConfig) -> Result<Host, LoadError> {
         let prepared = prepare(&cfg)?;
         crate::snapshot::get().map_err(LoadError::Thread)?;
@@ -165,13 +167,30 @@ impl Host {
                     }
                 }
             }
+            let mut logged = std::collections::HashSet::new();
             for r in ready {
                 let res = r
                     .recv()
                     .unwrap_or_else(|_| Err(LoadError::Thread("executor thread died".into())));
-                if let Err(e) = res {
-                    if start_err.is_none() {
-                        start_err = Some(e);
+                match res {
+                    Err(e) => {
+                        if start_err.is_none() {
+                            start_err = Some(e);
+                        }
+                    }
+                    Ok(failures) => {
+                        for (i, e) in failures {
+                            if i == 0 {
+                                if start_err.is_none() {
+                                    start_err = Some(e);
+                                }
+                            } else if logged.insert(i) {
+                                tracing::error!(
+                                    worker = %workers[i].ctx.spec.name,
+                                    "worker failed to load; its requests are answered 500: {e}"
+                                );
+                            }
+                        }
                     }
                 }
             }

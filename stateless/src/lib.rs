@@ -24,6 +24,10 @@
 //!   `503 Worker exceeded CPU time limit.`, other in-flight requests of that isolate a 503, and
 //!   a fresh isolate takes the next events.
 //! - Heap: past [`HostConfig::heap_limit_bytes`] the same, with `Worker exceeded memory limit.`
+//! - A worker other than the first whose modules fail to load (syntax error, top-level throw)
+//!   does not stop [`Host::start`]: the error is logged and every event for that worker is
+//!   answered `500 Worker failed to load: <file>:<line>: <message>`. The same answer goes to an
+//!   event whose isolate could not be recreated (after a limit) because loading failed.
 //! - `console.*` goes to `tracing` (target `worker`) with the worker name and request id.
 //! - The global `fetch()` refuses internal addresses (see [`is_internal_address`]) by resolved
 //!   IP, unless [`HostConfig::allow_private_fetch`].
@@ -157,6 +161,8 @@ pub enum HostError {
         worker: String,
         handler: &'static str,
     },
+    #[error("worker {worker:?} failed to load: {message}")]
+    LoadFailed { worker: String, message: String },
     #[error("worker {worker:?} threw: {message}")]
     Exception { worker: String, message: String },
     #[error("Worker exceeded CPU time limit.")]

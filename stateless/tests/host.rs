@@ -591,3 +591,68 @@ export default {
     assert_eq!(parked.await.unwrap().1, "released with token");
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_worker_failing_to_load_answers_500_and_the_rest_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "front.js",
+        "export default { fetch(r, env) { return new URL(r.url).pathname === '/back' ? env.BACK.fetch(r) : new Response('front'); } };",
+    );
+    write(
+        dir.path(),
+        "back.js",
+        "const a = 1;\nthrow new Error('back broke');\nexport default {};\n",
+    );
+    let mut front = worker("front", dir.path(), "front.js");
+    front.services.push(ServiceBinding {
+        binding: "BACK".into(),
+        service: "back".into(),
+        entrypoint: None,
+    });
+    let host = Host::start(config(vec![front, worker("back", dir.path(), "back.js")])).unwrap();
+    for _ in 0..2 {
+        let (s, t) = text(host.fetch("front", get("http://x/back")).await).await;
+        assert_eq!(s, 500, "{t}");
+        assert!(t.contains("back.js:2") && t.contains("back broke"), "{t}");
+        let (s, t) = text(host.fetch("back", get("http://x/")).await).await;
+        assert_eq!(s, 500, "{t}");
+        assert_eq!(
+            text(host.fetch("front", get("http://x/")).await).await,
+            (200, "front".into())
+        );
+    }
+    let err = host.scheduled("back", "* * * * *", 0).await.unwrap_err();
+    assert!(err.to_string().contains("back.js:2"), "{err}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolate_failing_to_load_on_recreation_answers_500() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "w.js",
+        "export default { fetch(r) { if (new URL(r.url).pathname === '/loop') { for (;;) {} } return new Response('fine'); } };",
+    );
+    let mut w = worker("w", dir.path(), "w.js");
+    w.cpu_ms = Some(200);
+    let host = Host::start(config(vec![w])).unwrap();
+    assert_eq!(
+        text(host.fetch("w", get("http://x/")).await).await.1,
+        "fine"
+    );
+    // The next isolate of this worker will not load.
+    write(
+        dir.path(),
+        "w.js",
+        "const a = 1;\nthrow new Error('reload broke');\nexport default {};\n",
+    );
+    let (s, t) = text(host.fetch("w", get("http://x/loop")).await).await;
+    assert_eq!((s, t.trim()), (503, "Worker exceeded CPU time limit."));
+    let (s, t) = text(host.fetch("w", get("http://x/")).await).await;
+    assert_eq!(s, 500, "{t}");
+    assert!(t.contains("w.js:2") && t.contains("reload broke"), "{t}");
+    host.shutdown().await;
+}

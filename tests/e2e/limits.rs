@@ -87,3 +87,36 @@ fn script_throwing_at_load_names_file_and_line() {
     );
     assert!(failure.stderr.contains("index.js:3"), "{}", failure.stderr);
 }
+
+#[test]
+fn service_binding_to_a_script_throwing_at_load_answers_500_and_the_primary_serves() {
+    let front = fixture("broken-binding/front").join("wrangler.toml");
+    let back = fixture("broken-binding/back").join("wrangler.toml");
+    let server = Server::start(&[
+        "-c",
+        front.to_str().unwrap(),
+        "-c",
+        back.to_str().unwrap(),
+        "--threads",
+        "2",
+    ]);
+    let ok = server.get("/");
+    assert_eq!(ok.status(), 200, "{}", server.stderr());
+    assert_eq!(ok.text().unwrap(), "front serving");
+    // Both executor threads answer the broken binding the same way.
+    for _ in 0..4 {
+        let resp = server.get("/back");
+        assert_eq!(resp.status(), 500, "{}", server.stderr());
+        let body = resp.text().unwrap();
+        assert!(body.contains("back fails at load time"), "{body}");
+        assert!(body.contains("back/src/index.js:3"), "{body}");
+        let ok = server.get("/");
+        assert_eq!(ok.status(), 200, "{}", server.stderr());
+        assert_eq!(ok.text().unwrap(), "front serving");
+    }
+    let log = server.stderr();
+    assert!(
+        log.contains("back fails at load time") && log.contains("back/src/index.js:3"),
+        "the load error is not logged with file and line:\n{log}"
+    );
+}
