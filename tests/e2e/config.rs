@@ -33,7 +33,11 @@ fn unknown_keys_warn_but_the_worker_runs() {
     let server = Server::start(&[dir.path().to_str().unwrap()]);
     let body = server.get_json("/x");
     assert_eq!(body["who"], "back worker");
-    let log = server.stderr();
+    let log = server.log_where(|l| {
+        l.contains("unknown key `frobnicate`")
+            && l.contains("not supported yet")
+            && l.contains("CACHE")
+    });
     assert!(log.contains("unknown key `frobnicate`"), "{log}");
     assert!(
         log.contains("not supported yet") && log.contains("CACHE"),

@@ -138,6 +138,21 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The server's log once `matches` accepts it, or as it stands after 10 s. The server writes
+    /// a log line before it answers, but the thread that reads its stderr pipe may not have
+    /// caught up when the response arrives, so a log assertion waits for the line instead of
+    /// reading once.
+    pub fn log_where(&self, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.stderr();
+            if matches(&log) || Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn get(&self, path: &str) -> reqwest::blocking::Response {
         client()
             .get(self.url(path))

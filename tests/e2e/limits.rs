@@ -42,7 +42,7 @@ fn infinite_loop_is_stopped_with_a_5xx() {
         .unwrap()
         .expect("the loop request gets an answer");
     assert!(status.is_server_error(), "loop answered {status}");
-    let log = server.stderr();
+    let log = server.log_where(|l| l.to_lowercase().contains("cpu"));
     assert!(
         log.to_lowercase().contains("cpu"),
         "no CPU-limit log line:\n{log}"
@@ -59,7 +59,7 @@ fn memory_bomb_is_stopped_and_later_requests_work() {
     assert_healthy(&server);
     let status = server.get("/bomb").status();
     assert!(status.is_server_error(), "bomb answered {status}");
-    let log = server.stderr();
+    let log = server.log_where(|l| l.to_lowercase().contains("memory"));
     assert!(
         log.to_lowercase().contains("memory"),
         "no memory-limit log line:\n{log}"
@@ -114,7 +114,8 @@ fn service_binding_to_a_script_throwing_at_load_answers_500_and_the_primary_serv
         assert_eq!(ok.status(), 200, "{}", server.stderr());
         assert_eq!(ok.text().unwrap(), "front serving");
     }
-    let log = server.stderr();
+    let log = server
+        .log_where(|l| l.contains("back fails at load time") && l.contains("back/src/index.js:3"));
     assert!(
         log.contains("back fails at load time") && log.contains("back/src/index.js:3"),
         "the load error is not logged with file and line:\n{log}"

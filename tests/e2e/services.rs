@@ -33,11 +33,8 @@ fn positional_dir_and_config_flag_combine() {
 #[test]
 fn missing_service_target_warns() {
     let server = Server::start(&[fixture("services/front").to_str().unwrap()]);
-    assert!(
-        server.stderr().contains("no such worker in this run"),
-        "{}",
-        server.stderr()
-    );
+    let log = server.log_where(|l| l.contains("no such worker in this run"));
+    assert!(log.contains("no such worker in this run"), "{log}");
     // env.BACK is undefined, so the handler throws: a 500, not a crash.
     assert_eq!(server.get("/").status(), 500);
     assert_eq!(server.get("/").status(), 500);
