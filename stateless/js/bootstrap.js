@@ -7,6 +7,7 @@
   const L = (s) => core.loadExtScript(s);
   const webidl = L("ext:deno_webidl/00_webidl.js");
   const url = L("ext:deno_web/00_url.js");
+  const urlPattern = L("ext:deno_web/01_urlpattern.js");
   const consoleMod = L("ext:deno_web/01_console.js");
   const domException = L("ext:deno_web/01_dom_exception.js");
   const event = L("ext:deno_web/02_event.js");
@@ -138,6 +139,7 @@
     console: def(console),
     URL: def(url.URL),
     URLSearchParams: def(url.URLSearchParams),
+    URLPattern: def(urlPattern.URLPattern),
     DOMException: def(domException.DOMException),
     Event: def(event.Event),
     EventTarget: def(event.EventTarget),
@@ -152,6 +154,12 @@
     clearTimeout: def(timers.clearTimeout),
     clearInterval: def(timers.clearInterval),
     queueMicrotask: def((cb) => core.queueMicrotask(cb)),
+    // Cloudflare's `scheduler.wait(ms)`: an awaitable setTimeout.
+    scheduler: def(
+      Object.freeze({
+        wait: (ms) => new Promise((resolve) => timers.setTimeout.call(globalThis, resolve, ms)),
+      }),
+    ),
     AbortController: def(abort.AbortController),
     AbortSignal: def(abort.AbortSignal),
     atob: def(base64.atob),

@@ -29,6 +29,8 @@ const CHECKS: &[&str] = &[
     "console",
     "navigator",
     "WebSocketPair",
+    "URLPattern",
+    "scheduler",
 ];
 
 #[test]
