@@ -72,6 +72,8 @@ fn reply(tx: Option<ReplyTx>, r: Result<Reply, ObjectError>) {
 
 pub(crate) enum Command {
     Event(Envelope),
+    /// A host task to run on this thread (see [`crate::Runtime::run_on`]).
+    Run(crate::runtime::ThreadTask),
     /// Alarms found in storage at start-up that belong to this executor.
     LoadAlarms(Vec<([u8; 32], i64)>),
     Shutdown,
@@ -82,11 +84,35 @@ const SHUTDOWN_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_s
 
 thread_local! {
     static ON_EXECUTOR: Cell<bool> = const { Cell::new(false) };
+    /// The executor running on this thread, with its runtime's identity and index: lets a
+    /// stub used on its object's own thread dispatch without a channel hop.
+    static CURRENT: RefCell<Option<(u64, usize, Weak<Executor>)>> = const { RefCell::new(None) };
 }
 
 /// Whether the calling thread is an executor thread (blocking on the runtime there deadlocks).
 pub(crate) fn on_executor_thread() -> bool {
     ON_EXECUTOR.with(|c| c.get())
+}
+
+/// The index of the executor thread the caller runs on, if it is one.
+pub(crate) fn current_index() -> Option<usize> {
+    CURRENT.with(|c| c.borrow().as_ref().map(|(_, i, _)| *i))
+}
+
+/// Dispatches `env` directly when the caller runs on executor `index` of runtime `runtime`;
+/// hands it back otherwise.
+pub(crate) fn dispatch_local(runtime: u64, index: usize, env: Envelope) -> Result<(), Envelope> {
+    let exec = CURRENT.with(|c| match &*c.borrow() {
+        Some((r, i, w)) if *r == runtime && *i == index => w.upgrade(),
+        _ => None,
+    });
+    match exec {
+        Some(exec) => {
+            exec.dispatch(env);
+            Ok(())
+        }
+        None => Err(env),
+    }
 }
 
 pub(crate) struct Executor {
@@ -101,6 +127,7 @@ pub(crate) struct Executor {
 
 /// Body of executor thread `index`.
 pub(crate) fn run_thread(
+    runtime: u64,
     index: usize,
     mut rx: mpsc::UnboundedReceiver<Command>,
     store: Arc<Store>,
@@ -122,7 +149,7 @@ pub(crate) fn run_thread(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         if let Some(hook) = &cfg.on_thread_start {
-            hook(index);
+            hook(index).await;
         }
         let exec = Rc::new(Executor {
             store,
@@ -133,15 +160,20 @@ pub(crate) fn run_thread(
             alarms: Rc::new(AlarmScheduler::default()),
             serial: Cell::new(0),
         });
+        CURRENT.with(|c| *c.borrow_mut() = Some((runtime, index, Rc::downgrade(&exec))));
         tokio::task::spawn_local(exec.alarms.clone().run(Rc::downgrade(&exec)));
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Command::Event(env) => exec.dispatch(env),
+                Command::Run(task) => task(),
                 Command::LoadAlarms(list) => exec.load_alarms(list),
                 Command::Shutdown => break,
             }
         }
         tracing::debug!(index, "executor shutting down");
+        if let Some(hook) = &exec.cfg.on_thread_stop {
+            hook(index).await;
+        }
         // Give batches already written (e.g. `allow_unconfirmed` ones, whose events have
         // answered) the chance to become durable before their tasks are dropped.
         let pending: Vec<_> = exec
@@ -164,6 +196,7 @@ pub(crate) fn run_thread(
         // see their reply channel close (ObjectError::Shutdown).
         let objects = std::mem::take(&mut *exec.objects.borrow_mut());
         drop(objects);
+        CURRENT.with(|c| c.borrow_mut().take());
     });
 }
 

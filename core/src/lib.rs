@@ -59,7 +59,9 @@ pub use context::ActorContext;
 pub use error::{ActorError, ObjectError, BLOCK_CONCURRENCY_TIMEOUT_MESSAGE, OVERLOADED_MESSAGE};
 pub use gate::{GateBroken, InputGate, InputLock, OutputGate, OutputLock};
 pub use id::{IdError, IdFactory, ObjectId};
-pub use runtime::{Namespace, NamespaceSpec, Runtime, RuntimeConfig, RuntimeError, Stub};
+pub use runtime::{
+    Namespace, NamespaceSpec, Runtime, RuntimeConfig, RuntimeError, Stub, ThreadHook, ThreadTask,
+};
 pub use storage::{ReadOptions, Storage, WriteOptions};
 
 pub use cinder_placement::Jurisdiction;

@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cinder_placement::{ExecutorRing, Jurisdiction, PlacementError};
 use cinder_storage::{StorageError, Store};
+use futures::future::LocalBoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actor::{ActorFactory, Payload, Request, Response};
@@ -38,9 +39,21 @@ pub struct RuntimeConfig {
     /// Retries of a failing alarm handler (default 6).
     pub alarm_max_retries: u32,
     /// Runs first on every executor thread, with its index: where a host creates its
-    /// per-thread state (e.g. the thread's V8 isolates).
-    pub on_thread_start: Option<Arc<dyn Fn(usize) + Send + Sync>>,
+    /// per-thread state (e.g. the thread's V8 isolates). The thread takes no command (no event,
+    /// no [`Runtime::run_on`] task) until the returned future is done.
+    pub on_thread_start: Option<ThreadHook>,
+    /// Runs on every executor thread when the runtime shuts down, before its objects are
+    /// dropped: where a host drains its per-thread work.
+    pub on_thread_stop: Option<ThreadHook>,
 }
+
+/// A per-thread hook of [`RuntimeConfig`]: called on the executor thread with its index; the
+/// future it returns runs there (it need not be `Send`).
+pub type ThreadHook = Arc<dyn Fn(usize) -> LocalBoxFuture<'static, ()> + Send + Sync>;
+
+/// A host task for [`Runtime::run_on`]: called on the executor thread, inside its `LocalSet`
+/// (so it may `tokio::task::spawn_local`).
+pub type ThreadTask = Box<dyn FnOnce() + Send>;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -55,6 +68,7 @@ impl Default for RuntimeConfig {
             alarm_retry_base: Duration::from_secs(2),
             alarm_max_retries: 6,
             on_thread_start: None,
+            on_thread_stop: None,
         }
     }
 }
@@ -105,9 +119,15 @@ pub enum RuntimeError {
     /// An executor thread could not be spawned.
     #[error("spawning executor thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// The runtime is shut down.
+    #[error("the Durable Object runtime is shut down")]
+    Stopped,
 }
 
 struct Shared {
+    /// Distinguishes runtimes of one process (tests run several): a stub dispatches directly
+    /// only on an executor thread of its own runtime.
+    id: u64,
     senders: Vec<mpsc::UnboundedSender<Command>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     ring: ExecutorRing,
@@ -160,6 +180,8 @@ impl Runtime {
             }
         }
         let namespaces = Arc::new(map);
+        static NEXT_RUNTIME: AtomicU64 = AtomicU64::new(1);
+        let runtime_id = NEXT_RUNTIME.fetch_add(1, Ordering::Relaxed);
         let mut alarms: Vec<Vec<([u8; 32], i64)>> = vec![Vec::new(); threads];
         for (id, at) in store.alarms()? {
             alarms[ring.executor_for(&id)].push((id, at));
@@ -175,7 +197,9 @@ impl Runtime {
                 (store.clone(), cfg.clone(), namespaces.clone(), live.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("cinder-exec-{index}"))
-                .spawn(move || executor::run_thread(index, rx, store, cfg, namespaces, live));
+                .spawn(move || {
+                    executor::run_thread(runtime_id, index, rx, store, cfg, namespaces, live)
+                });
             match handle {
                 Ok(h) => {
                     senders.push(tx);
@@ -191,6 +215,7 @@ impl Runtime {
         }
         Ok(Runtime {
             shared: Arc::new(Shared {
+                id: runtime_id,
                 senders,
                 threads: Mutex::new(handles),
                 ring,
@@ -219,6 +244,27 @@ impl Runtime {
     /// Number of executor threads.
     pub fn threads(&self) -> usize {
         self.shared.senders.len()
+    }
+
+    /// The executor thread that owns `id` (the same answer for every runtime with this many
+    /// threads).
+    pub fn executor_for(&self, id: &ObjectId) -> usize {
+        self.shared.ring.executor_for(id.bytes())
+    }
+
+    /// The index of the executor thread the caller runs on, if it is one (of any runtime).
+    pub fn current_executor() -> Option<usize> {
+        executor::current_index()
+    }
+
+    /// Runs `task` on executor thread `index` (modulo the thread count), after the commands
+    /// sent before it. Hosts use it to put their own work (stateless Worker events) on the same
+    /// threads as the objects. Fails only once the runtime is shut down.
+    pub fn run_on(&self, index: usize, task: ThreadTask) -> Result<(), RuntimeError> {
+        let n = self.shared.senders.len().max(1);
+        self.shared.senders[index % n]
+            .send(Command::Run(task))
+            .map_err(|_| RuntimeError::Stopped)
     }
 
     /// Stops every executor thread and waits for them. Events in flight fail with
@@ -363,9 +409,12 @@ impl Stub {
             event,
             reply: Some(tx),
         };
-        self.shared.senders[self.executor]
-            .send(Command::Event(env))
-            .map_err(|_| ObjectError::Shutdown)?;
+        // On the object's own thread there is no hop: the event goes straight to its queue.
+        if let Err(env) = executor::dispatch_local(self.shared.id, self.executor, env) {
+            self.shared.senders[self.executor]
+                .send(Command::Event(env))
+                .map_err(|_| ObjectError::Shutdown)?;
+        }
         rx.await.map_err(|_| ObjectError::Shutdown)?
     }
 }

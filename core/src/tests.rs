@@ -1194,3 +1194,69 @@ async fn outbound_io_starts_only_after_earlier_writes_are_durable() {
     assert_eq!(within("io", started_rx.recv()).await, Some("io"));
     assert_eq!(within("reply", call).await.unwrap().unwrap(), "sent");
 }
+
+#[tokio::test]
+async fn host_hooks_and_tasks_run_on_the_executor_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let started: Log = Arc::default();
+    let (s1, s2) = (started.clone(), started.clone());
+    let cfg = RuntimeConfig {
+        threads: 2,
+        on_thread_start: Some(Arc::new(move |i| {
+            let s = s1.clone();
+            Box::pin(async move {
+                // The thread takes no command until this future is done.
+                tokio::task::yield_now().await;
+                log(&s, &format!("start {i}"));
+            })
+        })),
+        on_thread_stop: Some(Arc::new(move |i| {
+            let s = s2.clone();
+            Box::pin(async move { log(&s, &format!("stop {i}")) })
+        })),
+        ..test_config()
+    };
+    let rt = Runtime::start(store, cfg, vec![barrier_spec()]).unwrap();
+    assert_eq!(Runtime::current_executor(), None);
+    for i in 0..2 {
+        let (tx, rx) = oneshot::channel();
+        let s = started.clone();
+        rt.run_on(
+            i,
+            Box::new(move || {
+                let started = s.lock().unwrap().contains(&format!("start {i}"));
+                // spawn_local works: the task runs inside the thread's LocalSet.
+                tokio::task::spawn_local(async move {
+                    let _ = tx.send((Runtime::current_executor(), started));
+                });
+            }),
+        )
+        .unwrap();
+        assert_eq!(within("run_on", rx).await.unwrap(), (Some(i), true));
+    }
+    // A stub used on its object's own thread still reaches it (directly, without the channel).
+    let stub = rt.namespace("barrier").unwrap().get_by_name("b");
+    let home = rt.executor_for(stub.id());
+    let (tx, rx) = oneshot::channel();
+    rt.run_on(
+        home,
+        Box::new(move || {
+            tokio::task::spawn_local(async move {
+                let _ = tx.send(text(&stub, "/").await);
+            });
+        }),
+    )
+    .unwrap();
+    assert_eq!(within("local stub", rx).await.unwrap().unwrap(), "pong");
+    let rt2 = rt.clone();
+    tokio::task::spawn_blocking(move || rt2.shutdown())
+        .await
+        .unwrap();
+    let l = started.lock().unwrap().clone();
+    assert!(l.contains(&"stop 0".to_string()) && l.contains(&"stop 1".to_string()));
+    assert!(matches!(
+        rt.run_on(0, Box::new(|| {})),
+        Err(RuntimeError::Stopped)
+    ));
+}
