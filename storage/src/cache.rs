@@ -7,6 +7,10 @@
 //! missed fills the entry only if the epoch did not move while it read fjall. Together: once
 //! `flush()` has returned, no read through the cache returns a value older than that flush,
 //! whatever other threads were reading meanwhile.
+//!
+//! Entries are copies. A value fjall returns is a zero-copy slice of a whole decompressed block
+//! (and a value a caller wrote may be a slice of a larger buffer): kept as is, a 10-byte entry
+//! charged as 10 + 64 bytes could pin a 4 KiB block, and the budget would bound nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
@@ -56,6 +60,7 @@ impl Shard {
 
     fn insert(&mut self, key: Vec<u8>, value: Option<Bytes>, budget: usize) {
         self.remove(&key);
+        let value = value.map(|v| Bytes::copy_from_slice(&v));
         let c = cost(&key, &value);
         if c > budget {
             return;
@@ -198,6 +203,25 @@ mod tests {
         c.write(key.clone(), Some(Bytes::from_static(b"new")));
         c.fill(token, key.clone(), Some(Bytes::from_static(b"old")));
         assert_eq!(c.lookup(&key).ok().flatten().as_deref(), Some(&b"new"[..]));
+    }
+
+    #[test]
+    fn entries_are_copies_not_slices_of_the_buffer_they_came_from() {
+        let c = ReadCache::new(1 << 20);
+        // Stands for a decompressed 4 KiB block that a 10-byte value was sliced from.
+        let block = Bytes::from(vec![7u8; 4096]);
+        let range = block.as_ptr() as usize..block.as_ptr() as usize + block.len();
+        let token = c.lookup(b"r").unwrap_err();
+        c.fill(token, b"r".to_vec(), Some(block.slice(100..110)));
+        c.write(b"w".to_vec(), Some(block.slice(200..210)));
+        for k in [&b"r"[..], b"w"] {
+            let v = c.lookup(k).ok().flatten().unwrap();
+            assert_eq!(v.len(), 10);
+            assert!(
+                !range.contains(&(v.as_ptr() as usize)),
+                "the cache keeps the whole block alive through a slice"
+            );
+        }
     }
 
     #[test]

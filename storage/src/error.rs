@@ -54,6 +54,10 @@ pub enum StorageError {
     /// The store was shut down while the batch waited for durability.
     #[error("storage is shutting down")]
     Closed,
+    /// The caller's object was reset: its storage handle takes no more calls. The text is the
+    /// reason of the reset.
+    #[error("{0}")]
+    Reset(String),
 }
 
 impl StorageError {
@@ -65,9 +69,11 @@ impl StorageError {
             }
             Self::ListLimit | Self::StartAndStartAfter | Self::AlarmTime => ErrorKind::TypeError,
             Self::DeleteAllInTransaction | Self::RolledBack { .. } => ErrorKind::Error,
-            Self::Engine(_) | Self::Durability(_) | Self::Corrupt(_) | Self::Closed => {
-                ErrorKind::Internal
-            }
+            Self::Engine(_)
+            | Self::Durability(_)
+            | Self::Corrupt(_)
+            | Self::Closed
+            | Self::Reset(_) => ErrorKind::Internal,
         }
     }
 }

@@ -1,16 +1,24 @@
 //! The per-object storage handle: `ctx.storage` semantics over the shared store.
+//!
+//! Two ways to read. The plain methods (`get`, `list`...) answer on the calling thread and may
+//! block on disk: for engines that must read synchronously (the SQL VFS reads pages inside
+//! SQLite calls). The `*_prepared` methods answer at once from memory (the object's pending
+//! writes, the read cache) when they can, and otherwise return a [`ColdRead`] to run on a
+//! thread that may block, so an executor thread never waits for the disk.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use crate::alarm::AlarmState;
+use crate::cache::FillToken;
 use crate::commit::Commit;
 use crate::error::StorageError;
 use crate::keys::{self, ObjectId, Section};
 use crate::limits;
 use crate::list::{self, ListOptions, SuffixRange};
-use crate::overlay::{Turn, View};
+use crate::overlay::{InFlight, Layer, Turn, View};
 use crate::store::Store;
 use crate::transaction::Transaction;
 
@@ -33,12 +41,57 @@ pub struct ReadOptions {
 /// meant to be used from the object's one executor thread.
 ///
 /// Writes are buffered in the current *turn*; reads and lists see them. [`Self::flush`] ends
-/// the turn: the whole buffer becomes one atomic fjall batch.
+/// the turn: the whole buffer becomes one atomic fjall batch, queued for the committer; this
+/// handle (and its clones) keep reading it from memory until fjall holds it.
 #[derive(Clone)]
 pub struct ObjectStorage {
     pub(crate) store: Arc<Store>,
     pub(crate) id: ObjectId,
     turn: Arc<Mutex<Turn>>,
+    /// Flushed batches not yet applied to fjall, oldest first.
+    inflight: Arc<Mutex<VecDeque<Arc<InFlight>>>>,
+}
+
+/// The result of a `*_prepared` read: answered from memory, or a read that needs fjall.
+pub enum Prepared<T> {
+    /// Answered without touching the disk.
+    Ready(Result<T, StorageError>),
+    /// Needs fjall: run it where blocking is fine (e.g. `tokio::task::spawn_blocking`).
+    Cold(ColdRead<T>),
+}
+
+impl<T> Prepared<T> {
+    /// Runs the read to the end on the calling thread (which may block).
+    pub fn run_here(self) -> Result<T, StorageError> {
+        match self {
+            Prepared::Ready(r) => r,
+            Prepared::Cold(c) => c.run(),
+        }
+    }
+}
+
+/// The part of a read that needs fjall. `Send`: move it to a thread that may block. It sees
+/// the object's pending writes as they were when it was prepared.
+#[must_use = "a cold read does nothing until run"]
+pub struct ColdRead<T>(Box<dyn FnOnce() -> Result<T, StorageError> + Send>);
+
+impl<T> ColdRead<T> {
+    /// Reads (may block on disk).
+    pub fn run(self) -> Result<T, StorageError> {
+        (self.0)()
+    }
+}
+
+impl<T> std::fmt::Debug for ColdRead<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ColdRead")
+    }
+}
+
+/// A point read answered from memory, or the token to fill the cache after reading fjall.
+enum Lookup {
+    Hit(Option<Bytes>),
+    Miss(Option<FillToken>),
 }
 
 impl std::fmt::Debug for ObjectStorage {
@@ -143,6 +196,7 @@ impl ObjectStorage {
             store,
             id,
             turn: Arc::new(Mutex::new(Turn::default())),
+            inflight: Arc::new(Mutex::new(VecDeque::new())),
         }
     }
 
@@ -150,15 +204,162 @@ impl ObjectStorage {
         self.turn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` with a view of the committed state plus this turn's writes.
-    fn with_view<R>(&self, f: impl FnOnce(&View<'_>) -> R) -> R {
+    /// The in-flight batches fjall does not hold yet, newest first (applied ones are dropped:
+    /// fjall and the cache answer for them now).
+    fn inflight(&self) -> Vec<Arc<InFlight>> {
+        let mut q = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        while q.front().is_some_and(|b| b.is_applied()) {
+            q.pop_front();
+        }
+        q.iter()
+            .rev()
+            .filter(|b| !b.is_applied())
+            .cloned()
+            .collect()
+    }
+
+    /// Runs `f` with a view of the committed state plus, top first, `top` (a transaction's
+    /// layer), this turn's writes and the in-flight batches.
+    pub(crate) fn with_layers<R>(&self, top: Option<&Turn>, f: impl FnOnce(&View<'_>) -> R) -> R {
         let turn = self.turn();
-        let layers = [&*turn];
+        let inflight = self.inflight();
+        let mut layers: Vec<&Turn> = Vec::with_capacity(2 + inflight.len());
+        layers.extend(top);
+        layers.push(&turn);
+        layers.extend(inflight.iter().map(|b| b.turn()));
         f(&View {
             store: &self.store,
             id: &self.id,
             layers: &layers,
         })
+    }
+
+    /// Runs `f` with a view of the committed state plus this turn's and in-flight writes.
+    fn with_view<R>(&self, f: impl FnOnce(&View<'_>) -> R) -> R {
+        self.with_layers(None, f)
+    }
+
+    /// A point read from memory: pending writes, then the cache.
+    fn lookup(&self, suffix: &[u8], no_cache: bool) -> Lookup {
+        let hit = self.with_view(|v| v.layers.iter().find_map(|l| l.writes.get(suffix).cloned()));
+        if let Some(v) = hit {
+            return Lookup::Hit(v);
+        }
+        if no_cache {
+            return Lookup::Miss(None);
+        }
+        match self.store.cache.lookup(&keys::full(&self.id, suffix)) {
+            Ok(v) => Lookup::Hit(v),
+            Err(token) => Lookup::Miss(Some(token)),
+        }
+    }
+
+    /// `get(key)` without blocking: see [`Prepared`].
+    pub fn get_prepared(&self, key: &str, opts: ReadOptions) -> Prepared<Option<Bytes>> {
+        if let Err(e) = limits::check_key(key).and_then(|()| self.store.check_failed()) {
+            return Prepared::Ready(Err(e));
+        }
+        match self.lookup(&kv(key), opts.no_cache) {
+            Lookup::Hit(v) => Prepared::Ready(Ok(v)),
+            Lookup::Miss(token) => {
+                let store = self.store.clone();
+                let full = keys::full(&self.id, &kv(key));
+                Prepared::Cold(ColdRead(Box::new(move || cold_get(&store, full, token))))
+            }
+        }
+    }
+
+    /// `get(keys[])` without blocking: found keys only, in key order, each once.
+    pub fn get_many_prepared(
+        &self,
+        keys: &[String],
+        opts: ReadOptions,
+    ) -> Prepared<Vec<(String, Bytes)>> {
+        let checked = limits::check_count(keys.len())
+            .and_then(|()| keys.iter().try_for_each(|k| limits::check_key(k)))
+            .and_then(|()| self.store.check_failed());
+        if let Err(e) = checked {
+            return Prepared::Ready(Err(e));
+        }
+        let unique: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+        let mut found = Vec::with_capacity(unique.len());
+        let mut misses = Vec::new();
+        for k in unique {
+            match self.lookup(&kv(k), opts.no_cache) {
+                Lookup::Hit(Some(v)) => found.push((k.to_owned(), v)),
+                Lookup::Hit(None) => {}
+                Lookup::Miss(token) => misses.push((k.to_owned(), token)),
+            }
+        }
+        if misses.is_empty() {
+            return Prepared::Ready(Ok(found));
+        }
+        let store = self.store.clone();
+        let id = self.id;
+        Prepared::Cold(ColdRead(Box::new(move || {
+            for (k, token) in misses {
+                if let Some(v) = cold_get(&store, keys::full(&id, &kv(&k)), token)? {
+                    found.push((k, v));
+                }
+            }
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(found)
+        })))
+    }
+
+    /// `list(options)` without blocking the caller: always a [`ColdRead`] (a scan reads
+    /// fjall) unless the options are invalid or select nothing.
+    pub fn list_prepared(&self, opts: &ListOptions) -> Prepared<Vec<(String, Bytes)>> {
+        if let Err(e) = self.store.check_failed() {
+            return Prepared::Ready(Err(e));
+        }
+        let range = match list::compile(opts) {
+            Err(e) => return Prepared::Ready(Err(e)),
+            Ok(None) => return Prepared::Ready(Ok(Vec::new())),
+            Ok(Some(r)) => r,
+        };
+        // What is pending now, as the scan must see it: a copy of this turn's writes in the
+        // range (values are shared, not copied) and the in-flight batches themselves.
+        let mut turn = Turn::default();
+        let pending: Layer = self
+            .turn()
+            .writes
+            .range((range.lo.clone(), range.hi.clone()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        turn.writes = pending;
+        let inflight = self.inflight();
+        let store = self.store.clone();
+        let id = self.id;
+        let opts = opts.clone();
+        Prepared::Cold(ColdRead(Box::new(move || {
+            let mut layers: Vec<&Turn> = vec![&turn];
+            layers.extend(inflight.iter().map(|b| b.turn()));
+            ops::list(
+                &View {
+                    store: &store,
+                    id: &id,
+                    layers: &layers,
+                },
+                &opts,
+            )
+        })))
+    }
+
+    /// The alarm slot with its retry state, without blocking: see [`Prepared`].
+    pub fn alarm_prepared(&self) -> Prepared<Option<AlarmState>> {
+        if let Err(e) = self.store.check_failed() {
+            return Prepared::Ready(Err(e));
+        }
+        let pending = self.with_view(|v| v.layers.iter().find_map(|l| l.alarm));
+        match pending {
+            Some(a) => Prepared::Ready(Ok(a)),
+            None => {
+                let store = self.store.clone();
+                let id = self.id;
+                Prepared::Cold(ColdRead(Box::new(move || store.read_alarm(&id))))
+            }
+        }
     }
 
     /// The object id.
@@ -231,36 +432,16 @@ impl ObjectStorage {
     /// Whether the key existed.
     pub fn delete(&self, key: &str) -> Result<bool, StorageError> {
         limits::check_key(key)?;
-        let mut turn = self.turn();
         let s = kv(key);
-        let existed = {
-            let layers = [&*turn];
-            View {
-                store: &self.store,
-                id: &self.id,
-                layers: &layers,
-            }
-            .get(&s, false)?
-            .is_some()
-        };
-        turn.write(s, None, false);
+        let existed = self.with_view(|v| v.get(&s, false))?.is_some();
+        self.turn().write(s, None, false);
         Ok(existed)
     }
 
     /// How many of the (distinct) keys existed.
     pub fn delete_many(&self, keys: &[String]) -> Result<usize, StorageError> {
+        let n = self.with_view(|v| ops::existing(v, keys))?;
         let mut turn = self.turn();
-        let n = {
-            let layers = [&*turn];
-            ops::existing(
-                &View {
-                    store: &self.store,
-                    id: &self.id,
-                    layers: &layers,
-                },
-                keys,
-            )?
-        };
         for k in keys {
             turn.write(kv(k), None, false);
         }
@@ -280,15 +461,26 @@ impl ObjectStorage {
         self.raw_delete_range(Section::Kv, b"", None)
     }
 
-    /// The alarm slot (ms since epoch), this turn's change included.
+    /// The alarm slot (scheduled time, ms since epoch), this turn's change included.
     pub fn get_alarm(&self) -> Result<Option<i64>, StorageError> {
+        Ok(self.alarm_state()?.map(|s| s.scheduled_ms))
+    }
+
+    /// The alarm slot with its retry state, this turn's change included.
+    pub fn alarm_state(&self) -> Result<Option<AlarmState>, StorageError> {
         self.with_view(|v| v.alarm())
     }
 
     /// Replaces the alarm slot (in this turn's batch). `at_ms` must be > 0.
     pub fn set_alarm(&self, at_ms: i64) -> Result<(), StorageError> {
-        ops::check_alarm(at_ms)?;
-        self.turn().alarm = Some(Some(at_ms));
+        self.set_alarm_state(AlarmState::at(at_ms))
+    }
+
+    /// Replaces the alarm slot with a full state (a retry: same scheduled time, a retry count
+    /// and the time of the next run). `scheduled_ms` must be > 0.
+    pub fn set_alarm_state(&self, state: AlarmState) -> Result<(), StorageError> {
+        ops::check_alarm(state.scheduled_ms)?;
+        self.turn().alarm = Some(Some(state));
         Ok(())
     }
 
@@ -304,15 +496,29 @@ impl ObjectStorage {
         Transaction::new(self)
     }
 
-    /// Ends the turn: commits the buffered batch to fjall atomically (visible at once) and hands
-    /// it to the group committer. `None` if nothing was written this turn. The [`Commit`]
-    /// resolves when the batch is durable per the node's durability, or errors.
+    /// Ends the turn: queues the buffered batch for the committer, which writes it into fjall
+    /// atomically and then makes it durable with the group. Returns at once, without touching
+    /// fjall. `None` if nothing was written this turn. This handle reads the batch from memory
+    /// until fjall holds it; other handles see it once it is applied
+    /// ([`Commit::is_applied`]). The [`Commit`] resolves when the batch is durable per the
+    /// node's durability, or errors.
     pub fn flush(&self) -> Option<Commit> {
-        let turn = std::mem::take(&mut *self.turn());
+        let mut guard = self.turn();
+        let turn = std::mem::take(&mut *guard);
         if turn.is_empty() {
             return None;
         }
-        Some(self.store.commit_turn(&self.id, turn))
+        if let Err(e) = self.store.check_failed() {
+            return Some(Commit::ready(Err(e)));
+        }
+        let batch = Arc::new(InFlight::new(turn));
+        // Moved to the in-flight layers before the turn lock goes: no reader sees a gap.
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(batch.clone());
+        drop(guard);
+        Some(self.store.committer.enqueue(self.id, batch))
     }
 
     /// Whether this turn has unflushed writes.
@@ -371,67 +577,39 @@ impl ObjectStorage {
             return Ok(());
         };
         let mut turn = self.turn();
-        let committed = {
-            let layers: [&Turn; 0] = [];
+        let inflight = self.inflight();
+        let existing = {
+            let layers: Vec<&Turn> = inflight.iter().map(|b| b.turn()).collect();
             View {
                 store: &self.store,
                 id: &self.id,
                 layers: &layers,
             }
-            .committed_keys(&r)?
+            .existing_keys(&r)?
         };
         let pending: Vec<Vec<u8>> = turn
             .writes
             .range((r.lo.clone(), r.hi.clone()))
             .map(|(k, _)| k.clone())
             .collect();
-        for k in committed.into_iter().chain(pending) {
+        for k in existing.into_iter().chain(pending) {
             turn.write(k, None, false);
         }
         Ok(())
     }
 }
 
-impl Store {
-    /// Writes a turn as one atomic fjall batch and registers it with the group committer.
-    pub(crate) fn commit_turn(&self, id: &ObjectId, turn: Turn) -> Commit {
-        if let Some(e) = self.committer.failure() {
-            return self.committer.ready(Err(e));
-        }
-        let mut batch = self.db.batch();
-        for (suffix, v) in &turn.writes {
-            let k = keys::full(id, suffix);
-            match v {
-                Some(v) => batch.insert(&self.data, k, v.clone()),
-                None => batch.remove(&self.data, k),
-            }
-        }
-        match turn.alarm {
-            Some(Some(at)) => match crate::alarm::encode_alarm(at) {
-                Ok(rec) => batch.insert(&self.alarms, id.to_vec(), rec),
-                Err(e) => return self.committer.ready(Err(e)),
-            },
-            Some(None) => batch.remove(&self.alarms, id.to_vec()),
-            None => {}
-        }
-        if self.sync_each_batch {
-            batch = batch.durability(Some(self.persist_mode()));
-        }
-        let result = batch.commit();
-        // Refresh the cache with exactly what fjall now holds (or forget the keys if the
-        // commit failed, so no reader trusts a value from before an unknown outcome).
-        for (suffix, v) in turn.writes {
-            let k = keys::full(id, &suffix);
-            if result.is_ok() && !turn.uncached.contains(&suffix) {
-                self.cache.write(k, v);
-            } else {
-                self.cache.invalidate(&k);
-            }
-        }
-        match result {
-            Err(e) => self.committer.ready(Err(e.into())),
-            Ok(()) if self.sync_each_batch => self.committer.ready(Ok(())),
-            Ok(()) => self.committer.committed(),
-        }
+/// Reads one key from fjall and fills the cache with a copy (unless `token` is `None`:
+/// `no_cache`).
+fn cold_get(
+    store: &Store,
+    full: Vec<u8>,
+    token: Option<FillToken>,
+) -> Result<Option<Bytes>, StorageError> {
+    store.check_failed()?;
+    let v = store.read_uncached(&full)?;
+    if let Some(token) = token {
+        store.cache.fill(token, full, v.clone());
     }
+    Ok(v)
 }

@@ -1,14 +1,17 @@
 //! Reads through in-memory write layers over fjall.
 //!
-//! An object's unflushed turn batch, and above it an open transaction, are layers of pending
+//! An object's batches that the committer has not written into fjall yet (in flight), above
+//! them its unflushed turn batch, and above that an open transaction, are layers of pending
 //! writes (`None` = deleted). Every read looks at the layers top-down and falls through to the
 //! committed state; ranges merge the layers' entries with fjall's iterator.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
+use crate::alarm::AlarmState;
 use crate::error::StorageError;
 use crate::keys::{self, ObjectId, ID_LEN};
 use crate::list::SuffixRange;
@@ -21,8 +24,8 @@ pub(crate) type Layer = BTreeMap<Vec<u8>, Option<Bytes>>;
 #[derive(Default, Debug)]
 pub(crate) struct Turn {
     pub(crate) writes: Layer,
-    /// `Some(None)`: alarm deleted; `Some(Some(t))`: set to t; `None`: untouched.
-    pub(crate) alarm: Option<Option<i64>>,
+    /// `Some(None)`: alarm deleted; `Some(Some(s))`: set to s; `None`: untouched.
+    pub(crate) alarm: Option<Option<AlarmState>>,
     /// Keys written with `no_cache`: dropped from the read cache at flush, not refreshed.
     pub(crate) uncached: BTreeSet<Vec<u8>>,
 }
@@ -55,6 +58,36 @@ impl Turn {
     }
 }
 
+/// A flushed batch on its way to fjall. Its object keeps reading it from here until the
+/// committer has written it (`applied`), from then on from fjall and the cache.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    turn: Turn,
+    applied: AtomicBool,
+}
+
+impl InFlight {
+    pub(crate) fn new(turn: Turn) -> InFlight {
+        InFlight {
+            turn,
+            applied: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn turn(&self) -> &Turn {
+        &self.turn
+    }
+
+    /// Called by the committer once fjall and the cache hold the batch.
+    pub(crate) fn mark_applied(&self) {
+        self.applied.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_applied(&self) -> bool {
+        self.applied.load(Ordering::Acquire)
+    }
+}
+
 /// Read access to one object's data through a stack of layers, top first.
 pub(crate) struct View<'a> {
     pub(crate) store: &'a Store,
@@ -72,7 +105,7 @@ impl View<'_> {
         self.store.read(keys::full(self.id, suffix), no_cache)
     }
 
-    pub(crate) fn alarm(&self) -> Result<Option<i64>, StorageError> {
+    pub(crate) fn alarm(&self) -> Result<Option<AlarmState>, StorageError> {
         for l in self.layers {
             if let Some(a) = l.alarm {
                 return Ok(a);
@@ -102,8 +135,12 @@ impl View<'_> {
             Bound::Excluded(s) => Bound::Excluded(keys::full(self.id, s)),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let db = self.store.data.range((full(&r.lo), full(&r.hi)));
+        // Epochs first, then the iterator's snapshot: a write that lands in between bumps an
+        // epoch, so what the snapshot read cannot be filled over it.
         let epochs = (!no_cache).then(|| self.store.cache.epochs());
+        #[cfg(test)]
+        tests_hook::after_epochs();
+        let db = self.store.data.range((full(&r.lo), full(&r.hi)));
         let limit = limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
         let mut committed = Vec::new();
@@ -138,17 +175,26 @@ impl View<'_> {
         Ok(out)
     }
 
-    /// Suffixes of every committed key in `r` (for deleting a whole range).
-    pub(crate) fn committed_keys(&self, r: &SuffixRange) -> Result<Vec<Vec<u8>>, StorageError> {
+    /// Suffixes of every key in `r` that exists below the layers' deletes: in fjall or put by
+    /// one of the layers (for deleting a whole range).
+    pub(crate) fn existing_keys(&self, r: &SuffixRange) -> Result<BTreeSet<Vec<u8>>, StorageError> {
         let full = |b: &Bound<Vec<u8>>| match b {
             Bound::Included(s) => Bound::Included(keys::full(self.id, s)),
             Bound::Excluded(s) => Bound::Excluded(keys::full(self.id, s)),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let mut out = Vec::new();
+        let mut out = BTreeSet::new();
         for g in self.store.data.range((full(&r.lo), full(&r.hi))) {
             let k = g.key()?;
-            out.push(k[ID_LEN..].to_vec());
+            out.insert(k[ID_LEN..].to_vec());
+        }
+        for l in self.layers.iter().rev() {
+            for (k, v) in l.writes.range((r.lo.clone(), r.hi.clone())) {
+                match v {
+                    Some(_) => out.insert(k.clone()),
+                    None => out.remove(k),
+                };
+            }
         }
         Ok(out)
     }
@@ -232,5 +278,61 @@ impl<I: Iterator<Item = fjall::Guard>> PeekKv<I> {
     fn take(&mut self) -> Result<Option<(fjall::UserKey, fjall::UserValue)>, StorageError> {
         self.fill()?;
         Ok(self.head.take())
+    }
+}
+
+/// Test seam: runs between reading the cache epochs and opening fjall's iterator in
+/// [`View::range`], so a unit test can land a write exactly there.
+#[cfg(test)]
+pub(crate) mod tests_hook {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static AFTER_EPOCHS: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
+    }
+
+    pub(crate) fn set_after_epochs(f: impl FnOnce() + 'static) {
+        AFTER_EPOCHS.with(|c| *c.borrow_mut() = Some(Box::new(f)));
+    }
+
+    pub(super) fn after_epochs() {
+        if let Some(f) = AFTER_EPOCHS.with(|c| c.borrow_mut().take()) {
+            f();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use crate::{ListOptions, Section, Store, StoreConfig, StoreTuning};
+
+    #[test]
+    fn a_write_landing_during_a_scan_never_leaves_a_stale_cache_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let tuning = StoreTuning {
+            max_memtable_bytes: Some(64 * 1024),
+            ..StoreTuning::default()
+        };
+        let store = Store::open_tuned(dir.path(), StoreConfig::default(), tuning).unwrap();
+        let id = [3u8; 32];
+        let writer = store.object(id);
+        writer.put("k", Bytes::from_static(b"old")).unwrap();
+        writer.flush().unwrap().wait().unwrap();
+        // The write lands between the scan's two steps (reading the cache epochs, opening
+        // fjall's iterator), after a memtable rotation, so an iterator opened before it cannot
+        // see it.
+        let w = writer.clone();
+        super::tests_hook::set_after_epochs(move || {
+            w.raw_put(Section::Sql, b"pad", Bytes::from(vec![1u8; 256 * 1024]));
+            w.flush().unwrap().wait().unwrap();
+            w.put("k", Bytes::from_static(b"new")).unwrap();
+            w.flush().unwrap().wait().unwrap();
+        });
+        let reader = store.object(id);
+        reader.list(&ListOptions::default()).unwrap();
+        // Whatever the scan saw, the cache must not answer with a value older than the write.
+        assert_eq!(reader.get("k").unwrap().as_deref(), Some(&b"new"[..]));
     }
 }

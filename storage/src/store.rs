@@ -7,9 +7,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use crate::alarm::{self, StoreMeta, STORE_FORMAT};
+use crate::alarm::{self, AlarmState, StoreMeta, STORE_FORMAT};
 use crate::cache::ReadCache;
-use crate::commit::{Committer, DurabilityHold, SyncStats};
+use crate::commit::{Commit, Committer, DurabilityHold, Fault, SyncStats, Target};
 use crate::error::StorageError;
 use crate::keys::ObjectId;
 use crate::object::ObjectStorage;
@@ -53,9 +53,14 @@ pub struct StoreTuning {
     pub max_memtable_bytes: Option<u64>,
     /// fjall block cache size (fjall default 32 MiB).
     pub block_cache_bytes: Option<u64>,
-    /// Baseline for benchmarks: `flush()` persists each batch synchronously with its own fsync
-    /// (inside fjall's commit) instead of going through the group committer.
+    /// Baseline for benchmarks: each batch is persisted with its own fsync inside its fjall
+    /// commit, instead of one fsync per group.
     pub sync_each_batch: bool,
+    /// TEST HOOK: after every completed `fdatasync` of the journal, append `<journal id>
+    /// <bytes covered>` to `<dir>/cinder-sync.log` ([`crate::SYNC_LOG_FILE`]), so a power-loss
+    /// test can cut each journal back to what was really on disk
+    /// ([`crate::power_loss::cut_journals`]). Linux only (reads `/proc/self/fdinfo`).
+    pub sync_log: bool,
 }
 
 /// fjall-level counters of a [`Store`].
@@ -75,9 +80,8 @@ pub struct Store {
     pub(crate) data: Keyspace,
     pub(crate) alarms: Keyspace,
     pub(crate) committer: Committer,
-    pub(crate) cache: ReadCache,
+    pub(crate) cache: Arc<ReadCache>,
     pub(crate) durability: Durability,
-    pub(crate) sync_each_batch: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -140,17 +144,30 @@ impl Store {
                 db.persist(PersistMode::SyncAll)?;
             }
         }
-        let committer =
-            Committer::start(db.clone(), dir.to_path_buf(), persist_mode(cfg.durability))
-                .map_err(|e| StorageError::Engine(format!("starting the group committer: {e}")))?;
+        let cache = Arc::new(ReadCache::new(cfg.cache_bytes));
+        let target = Target {
+            db: db.clone(),
+            data: data.clone(),
+            alarms: alarms.clone(),
+            cache: cache.clone(),
+            sync_each_batch: tuning
+                .sync_each_batch
+                .then_some(persist_mode(cfg.durability)),
+        };
+        let committer = Committer::start(
+            target,
+            dir.to_path_buf(),
+            persist_mode(cfg.durability),
+            tuning.sync_log,
+        )
+        .map_err(|e| StorageError::Engine(format!("starting the group committer: {e}")))?;
         Ok(Arc::new(Store {
             db,
             data,
             alarms,
             committer,
-            cache: ReadCache::new(cfg.cache_bytes),
+            cache,
             durability: cfg.durability,
-            sync_each_batch: tuning.sync_each_batch,
         }))
     }
 
@@ -161,23 +178,61 @@ impl Store {
         ObjectStorage::new(self.clone(), id)
     }
 
-    /// Every scheduled alarm, as `(object id, ms since epoch)`, earliest first.
+    /// Every scheduled alarm, as `(object id, scheduled time in ms since epoch)`, earliest
+    /// first.
     pub fn alarms(&self) -> Result<Vec<(ObjectId, i64)>, StorageError> {
+        let mut out: Vec<_> = self
+            .alarm_states()?
+            .into_iter()
+            .map(|(id, s)| (id, s.scheduled_ms))
+            .collect();
+        out.sort_by_key(|&(id, at)| (at, id));
+        Ok(out)
+    }
+
+    /// Every alarm slot with its retry state, the next run due first.
+    pub fn alarm_states(&self) -> Result<Vec<(ObjectId, AlarmState)>, StorageError> {
+        self.check_failed()?;
         let mut out = Vec::new();
         for item in self.alarms.iter() {
             let (k, v) = item.into_inner()?;
             let id: ObjectId = k[..]
                 .try_into()
                 .map_err(|_| StorageError::Corrupt(format!("alarm key of {} bytes", k.len())))?;
-            out.push((id, alarm::decode_alarm(&v)?));
+            out.push((id, alarm::decode(&v)?));
         }
-        out.sort_by_key(|&(id, at)| (at, id));
+        out.sort_by_key(|&(id, s)| (s.next_ms, id));
         Ok(out)
     }
 
     /// TEST HOOK: while the guard lives, no batch is confirmed durable.
     pub fn hold_durability(&self) -> DurabilityHold {
         self.committer.hold()
+    }
+
+    /// TEST HOOK: makes the next commit or the next fdatasync fail *after* the batches it
+    /// concerns are visible in fjall. The store then fails closed (see [`crate::commit`]).
+    pub fn inject_fault(&self, fault: Fault) {
+        self.committer.inject(fault);
+    }
+
+    /// Resolves when every batch flushed so far (by any object) is durable, or fails if the
+    /// store failed.
+    pub fn barrier(&self) -> Commit {
+        self.committer.barrier()
+    }
+
+    /// The error the store failed with, if a commit or an fsync has failed: from then on every
+    /// commit and every read fails with it, until the store is reopened.
+    pub fn failure(&self) -> Option<StorageError> {
+        self.committer.failure()
+    }
+
+    pub(crate) fn check_failed(&self) -> Result<(), StorageError> {
+        match self.committer.failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// The node's durability mode.
@@ -188,10 +243,6 @@ impl Store {
     /// Counters of the group committer (number of fsyncs and time spent in them).
     pub fn sync_stats(&self) -> SyncStats {
         self.committer.stats()
-    }
-
-    pub(crate) fn persist_mode(&self) -> PersistMode {
-        persist_mode(self.durability)
     }
 
     /// fjall-level counters (diagnostics, and proof in tests that flushes and rotations ran).
@@ -205,22 +256,29 @@ impl Store {
 
     /// Reads one committed value, through the cache unless `no_cache`.
     pub(crate) fn read(&self, key: Vec<u8>, no_cache: bool) -> Result<Option<Bytes>, StorageError> {
+        self.check_failed()?;
         if no_cache {
-            return Ok(self.data.get(&key)?.map(Bytes::from));
+            return self.read_uncached(&key);
         }
         match self.cache.lookup(&key) {
             Ok(v) => Ok(v),
             Err(token) => {
-                let v = self.data.get(&key)?.map(Bytes::from);
+                let v = self.read_uncached(&key)?;
                 self.cache.fill(token, key, v.clone());
                 Ok(v)
             }
         }
     }
 
-    pub(crate) fn read_alarm(&self, id: &ObjectId) -> Result<Option<i64>, StorageError> {
+    /// fjall only: may block on disk.
+    pub(crate) fn read_uncached(&self, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
+        Ok(self.data.get(key)?.map(Bytes::from))
+    }
+
+    pub(crate) fn read_alarm(&self, id: &ObjectId) -> Result<Option<AlarmState>, StorageError> {
+        self.check_failed()?;
         match self.alarms.get(id)? {
-            Some(raw) => Ok(Some(alarm::decode_alarm(&raw)?)),
+            Some(raw) => Ok(Some(alarm::decode(&raw)?)),
             None => Ok(None),
         }
     }

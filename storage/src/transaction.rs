@@ -5,6 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use crate::alarm::AlarmState;
 use crate::error::StorageError;
 use crate::limits;
 use crate::list::ListOptions;
@@ -41,16 +42,10 @@ impl<'a> Transaction<'a> {
         Ok(())
     }
 
-    /// Runs `f` with the transaction's layer (mutable) and a view over it and the turn.
+    /// Runs `f` with a view over the transaction's layer, the turn and the in-flight batches.
     fn with<R>(&self, f: impl FnOnce(&View<'_>) -> R) -> R {
         let layer = self.layer();
-        let turn = self.obj.turn();
-        let layers = [&*layer, &*turn];
-        f(&View {
-            store: &self.obj.store,
-            id: &self.obj.id,
-            layers: &layers,
-        })
+        self.obj.with_layers(Some(&layer), f)
     }
 
     // Same semantics and limits as the `ObjectStorage` methods of the same names; after
@@ -119,13 +114,13 @@ impl<'a> Transaction<'a> {
 
     pub fn get_alarm(&self) -> Result<Option<i64>, StorageError> {
         self.live("getAlarm")?;
-        self.with(|v| v.alarm())
+        Ok(self.with(|v| v.alarm())?.map(|s| s.scheduled_ms))
     }
 
     pub fn set_alarm(&self, at_ms: i64) -> Result<(), StorageError> {
         self.live("setAlarm")?;
         ops::check_alarm(at_ms)?;
-        self.layer().alarm = Some(Some(at_ms));
+        self.layer().alarm = Some(Some(AlarmState::at(at_ms)));
         Ok(())
     }
 

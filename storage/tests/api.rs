@@ -112,6 +112,16 @@ fn limit_errors_carry_cloudflare_messages_and_change_nothing() {
     assert_eq!(all.len(), 2);
 }
 
+/// Spins until the committer has written the batch into fjall (a deadline turns a hang into a
+/// failure).
+fn wait_applied(c: &cinder_storage::Commit) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !c.is_applied() {
+        assert!(std::time::Instant::now() < deadline, "batch never applied");
+        std::thread::yield_now();
+    }
+}
+
 #[test]
 fn commit_resolves_only_after_persist_and_writes_are_visible_before() {
     let dir = tempfile::tempdir().unwrap();
@@ -125,7 +135,10 @@ fn commit_resolves_only_after_persist_and_writes_are_visible_before() {
     let commit = o.flush().unwrap();
     assert!(!o.has_pending());
     assert!(o.flush().is_none(), "nothing written since the last flush");
-    // Committed to fjall: visible to every reader at once ...
+    // Its own handle reads it at once, from memory ...
+    assert_eq!(o.get("k").unwrap(), Some(b("v")));
+    // ... every other reader once the committer has written it into fjall ...
+    wait_applied(&commit);
     assert_eq!(other.get("k").unwrap(), Some(b("v")));
     // ... but not confirmed while durability is held.
     assert!(!commit.is_done());
@@ -445,6 +458,7 @@ fn concurrent_readers_never_see_a_value_older_than_a_finished_flush() {
         o.put(&format!("x{}", i % 50), Bytes::from(vec![0; 2000]))
             .unwrap();
         let c = o.flush().unwrap();
+        wait_applied(&c);
         flushed.store(i, Ordering::SeqCst);
         if i % 50 == 0 {
             c.wait().unwrap();
