@@ -429,7 +429,7 @@ pub(crate) fn authorize(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The chunk-signed upload of AWS's SigV4 streaming documentation
