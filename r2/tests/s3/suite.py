@@ -22,7 +22,7 @@ import zlib
 import boto3
 import botocore
 from boto3.s3.transfer import TransferConfig
-from botocore.auth import S3SigV4Auth
+from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
@@ -304,7 +304,8 @@ def _chunked_put(bucket, key, data, chunk, signed, trailer, corrupt=False):
         return out
     headers["Content-Length"] = str(len(frame(["0" * 64] * len(pieces), "0" * 64)))
     req = AWSRequest(method="PUT", url=url, headers=headers)
-    S3SigV4Auth(Credentials(AK, SK), "s3", REGION).add_auth(req)
+    # The generic signer keeps our x-amz-content-sha256 (the S3 one would replace it).
+    SigV4Auth(Credentials(AK, SK), "s3", REGION).add_auth(req)
     sigs, trailer_sig = [], ""
     if signed:
         amz_date = req.headers["X-Amz-Date"]
