@@ -3,15 +3,16 @@
 //!
 //! Keys we do not know produce a warning naming the key and never fail the load, because real
 //! projects carry deploy-only keys and keys newer than this reader. Bindings we do not run yet
-//! (Durable Objects, KV, R2, D1, ...) warn "not supported yet" and are left out of `env`.
+//! (KV, R2, D1, ...) warn "not supported yet" and are left out of `env`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cinder_stateless::{ModuleKind, ModuleRule, ServiceBinding, WorkerSpec};
+use cinder_stateless::{DurableObjectBinding, ModuleKind, ModuleRule, ServiceBinding, WorkerSpec};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::migrations::{self, Migration};
 use crate::{devvars, jsonc};
 
 /// A binding list as written: each entry's keys, kept loosely typed.
@@ -45,6 +46,8 @@ pub enum ConfigError {
 pub struct WorkerConfig {
     pub path: PathBuf,
     pub spec: WorkerSpec,
+    /// `[[migrations]]`, applied against the state directory when the run starts.
+    pub migrations: Vec<Migration>,
     /// `[dev]` `ip` and `port`: defaults for `cinder dev` when the flags are absent.
     pub dev_ip: Option<String>,
     pub dev_port: Option<u16>,
@@ -456,9 +459,39 @@ fn build(
         return Err(invalid("limits.cpu_ms must be greater than 0".to_string()));
     }
 
+    let mut durable_objects = Vec::new();
+    for (i, b) in raw
+        .durable_objects
+        .as_ref()
+        .and_then(|d| d.bindings.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let text = |key: &str| b.get(key).and_then(Value::as_str).map(str::to_string);
+        let (Some(binding), Some(class_name)) = (text("name"), text("class_name")) else {
+            return Err(invalid(format!(
+                "durable_objects.bindings[{i}] needs `name` and `class_name`"
+            )));
+        };
+        if b.get("environment").is_some() {
+            warnings.push(format!(
+                "{file}: durable_objects.bindings[{i}]: `environment` ignored; the class is taken from the worker named by `script_name` in this run"
+            ));
+        }
+        durable_objects.push(DurableObjectBinding {
+            binding,
+            class_name,
+            script_name: text("script_name"),
+        });
+    }
+    let migrations = match &raw.migrations {
+        Some(v) => migrations::parse(v).map_err(invalid)?,
+        None => Vec::new(),
+    };
+
     warn_unsupported_bindings(
         path,
-        &raw.durable_objects,
         &raw.kv_namespaces,
         &raw.r2_buckets,
         &raw.d1_databases,
@@ -509,7 +542,10 @@ fn build(
             services,
             cpu_ms,
             crons,
+            durable_objects,
+            classes: Vec::new(),
         },
+        migrations,
         dev_ip,
         dev_port,
         warnings,
@@ -518,7 +554,6 @@ fn build(
 
 fn warn_unsupported_bindings(
     path: &Path,
-    durable_objects: &Option<RawDurableObjects>,
     kv: &Option<BindingList>,
     r2: &Option<BindingList>,
     d1: &Option<BindingList>,
@@ -535,12 +570,7 @@ fn warn_unsupported_bindings(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let groups: [(&str, Option<&BindingList>, &str); 4] = [
-        (
-            "Durable Object",
-            durable_objects.as_ref().and_then(|d| d.bindings.as_ref()),
-            "name",
-        ),
+    let groups: [(&str, Option<&BindingList>, &str); 3] = [
         ("KV namespace", kv.as_ref(), "binding"),
         ("R2 bucket", r2.as_ref(), "binding"),
         ("D1 database", d1.as_ref(), "binding"),
@@ -786,15 +816,23 @@ database_id = "x"
         ]);
         let cfg = load_dir(dir.path(), None).unwrap();
         let all = cfg.warnings.join("\n");
-        for needle in [
-            "Durable Object bindings are not supported yet; env.COUNTER",
-            "env.CACHE",
-            "env.FILES",
-            "env.DB",
-        ] {
+        for needle in ["env.CACHE", "env.FILES", "env.DB"] {
             assert!(all.contains(needle), "missing {needle:?} in {all}");
         }
         assert!(!all.contains("unknown key"), "{all}");
+        assert!(!all.contains("COUNTER"), "{all}");
+        assert_eq!(
+            cfg.spec.durable_objects,
+            vec![DurableObjectBinding {
+                binding: "COUNTER".into(),
+                class_name: "Counter".into(),
+                script_name: None,
+            }]
+        );
+        assert_eq!(
+            cfg.migrations[0].new_sqlite_classes,
+            vec!["Counter".to_string()]
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod config;
 mod cron;
 mod devvars;
 mod jsonc;
+mod migrations;
 mod server;
 
 use cli::{Cli, Command, DevArgs};
@@ -66,7 +67,7 @@ fn main() -> ExitCode {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -131,7 +132,7 @@ fn load_workers(args: &DevArgs) -> Result<Vec<WorkerConfig>, String> {
 }
 
 async fn dev(args: DevArgs) -> Result<(), String> {
-    let workers = load_workers(&args)?;
+    let mut workers = load_workers(&args)?;
     let primary = &workers[0];
 
     let persist_to = args
@@ -144,6 +145,21 @@ async fn dev(args: DevArgs) -> Result<(), String> {
             persist_to.display()
         )
     })?;
+    for w in &mut workers {
+        let mut warnings = Vec::new();
+        w.spec.classes = migrations::apply(
+            &persist_to,
+            &w.spec.name,
+            &w.path.display().to_string(),
+            &w.migrations,
+            &w.spec.durable_objects,
+            &mut warnings,
+        )?;
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
+    }
+    let primary = &workers[0];
 
     let ip = match (args.ip, &primary.dev_ip) {
         (Some(ip), _) => ip,
@@ -187,6 +203,8 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         threads: args.threads.unwrap_or(0),
         allow_private_fetch: args.allow_private_fetch,
         heap_limit_bytes: DEFAULT_HEAP_LIMIT_BYTES,
+        state_dir: Some(persist_to.clone()),
+        durability: Default::default(),
     };
     if args.allow_private_fetch {
         tracing::warn!("--allow-private-fetch: fetch() may reach loopback and private addresses");

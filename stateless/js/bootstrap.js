@@ -50,7 +50,7 @@
   // --- console -> tracing, tagged with the request being served (follows awaits through
   // V8's continuation-preserved embedder data).
   const console = new consoleMod.Console((msg, level) => {
-    const rid = core.getAsyncContext();
+    const rid = core.getAsyncContext()?.rid;
     op_cinder_log(String(msg).replace(/\n$/, ""), level, typeof rid === "string" ? rid : "");
   });
 
@@ -131,6 +131,23 @@
     }
   }
 
+  // A timer set by a Durable Object fires only when the object's input gate is open (no
+  // storage call or critical section of the object outstanding), like any event. The object
+  // comes from the async context the timer was set in; inside its own critical section the
+  // callback belongs to the section and runs at once.
+  const internals = { __proto__: null };
+  // deno_core's queueMicrotask (reports a throwing callback instead of losing it).
+  const queueMicrotask = globalThis.queueMicrotask;
+  function gateCallback(cb) {
+    const ctx = core.getAsyncContext();
+    if (typeof cb !== "function" || !ctx?.obj || ctx.cs) return cb;
+    const h = ctx.obj;
+    return function gated(...args) {
+      if (internals.inputOpen(h)) return cb.apply(this, args);
+      internals.inputWait(h).then(() => cb.apply(this, args), () => {});
+    };
+  }
+
   const def = (value) => ({ value, writable: true, enumerable: false, configurable: true });
   const getter = (get) => ({ get, enumerable: true, configurable: true });
 
@@ -149,11 +166,15 @@
     MessageEvent: def(event.MessageEvent),
     PromiseRejectionEvent: def(event.PromiseRejectionEvent),
     reportError: def(event.reportError),
-    setTimeout: def(timers.setTimeout),
-    setInterval: def(timers.setInterval),
+    setTimeout: def(function setTimeout(cb, ms, ...args) {
+      return timers.setTimeout.call(globalThis, gateCallback(cb), ms, ...args);
+    }),
+    setInterval: def(function setInterval(cb, ms, ...args) {
+      return timers.setInterval.call(globalThis, gateCallback(cb), ms, ...args);
+    }),
     clearTimeout: def(timers.clearTimeout),
     clearInterval: def(timers.clearInterval),
-    queueMicrotask: def((cb) => core.queueMicrotask(cb)),
+    queueMicrotask: def(queueMicrotask),
     // Cloudflare's `scheduler.wait(ms)`: an awaitable setTimeout.
     scheduler: def(
       Object.freeze({
@@ -288,14 +309,15 @@
     for (let hop = 0; ; hop++) {
       const inner = toInnerRequest(request);
       const [kind, bytes, sink] = bodyForRust(inner);
+      const actx = core.getAsyncContext();
       const res = await op_cinder_outbound(
         target,
-        inner.method,
-        inner.url(),
-        headerPairs(inner.headerList),
+        { method: inner.method, url: inner.url(), headers: headerPairs(inner.headerList) },
         kind,
         bytes,
         sink,
+        actx?.obj ?? 0,
+        !!actx?.cs,
       );
       const nullBody = res.status === 101 || res.status === 204 || res.status === 205 ||
         res.status === 304 || inner.method === "HEAD";
@@ -344,20 +366,24 @@
     return outbound("", input, init);
   }));
 
-  class Fetcher {
-    #binding;
-    constructor(binding) {
-      this.#binding = binding;
-    }
-    fetch(input, init) {
-      if (typeof input === "string" && !/^[a-z][a-z0-9+.-]*:/i.test(input)) {
-        input = new URL(input, "http://fake-host/").href;
-      }
-      return outbound(this.#binding, input, init);
-    }
-    connect() {
-      throw new TypeError("connect() on service bindings is not supported by cinder");
-    }
+  // A service binding: `fetch` reaches the bound worker's fetch handler; any other member is
+  // an RPC call to its WorkerEntrypoint (see js/rpc.js).
+  function serviceBinding(binding) {
+    const base = {
+      fetch(input, init) {
+        if (typeof input === "string" && !/^[a-z][a-z0-9+.-]*:/i.test(input)) {
+          input = new URL(input, "http://fake-host/").href;
+        }
+        return outbound(binding, input, init);
+      },
+      connect() {
+        throw new TypeError("connect() on service bindings is not supported by cinder");
+      },
+    };
+    const target = internals.rpc.makeTarget((message, caller, inCs) =>
+      core.ops.op_rpc_call_service(binding, caller, inCs, message)
+    );
+    return internals.rpc.makeStub(target, base);
   }
 
   // --- events.
@@ -424,6 +450,7 @@
       if (!answered) op_cinder_respond_error(ev.id, errorText(e));
     }
     await settleAll(waits);
+    internals.rpc?.endEvent(ev.id);
     op_cinder_event_done(ev.id, "");
   }
 
@@ -441,13 +468,15 @@
       error = errorText(e);
     }
     await settleAll(waits);
+    internals.rpc?.endEvent(ev.id);
     op_cinder_event_done(ev.id, error);
   }
 
   function buildEnv(spec) {
     const env = {};
     for (const [name, value] of spec.vars) env[name] = value;
-    for (const [name] of spec.services) env[name] = new Fetcher(name);
+    for (const [name] of spec.services) env[name] = serviceBinding(name);
+    internals.durable?.addBindings(env, spec);
     return env;
   }
 
@@ -463,24 +492,40 @@
     return d;
   }
 
-  async function start(mainUrl, spec) {
+  // Called once per isolate with the worker's evaluated main module: builds `env`, checks the
+  // Durable Object classes, starts taking stateless events, and returns the entry through
+  // which the Rust side delivers Durable Object events.
+  function start(mainUrl, specJson, mod) {
     // Workers log an uncaught error and carry on; deno_core would end the event loop.
     core.setUnhandledPromiseRejectionHandler((_promise, reason) => {
       console.error("Uncaught (in promise)", reason);
       return true;
     });
     core.setReportExceptionCallback((error) => console.error("Uncaught", error));
-    const mod = await import(mainUrl);
-    const env = buildEnv(spec);
-    const handler = handlerFor(mod, env);
-    while (true) {
-      const ev = await op_cinder_next_event();
-      if (ev === null) return;
-      core.setAsyncContext(ev.requestId);
-      if (ev.kind === "fetch") onFetch(ev, handler, env);
-      else onScheduled(ev, handler, env);
-      core.setAsyncContext(undefined);
+    const spec = JSON.parse(specJson);
+    for (const [name] of spec.classes) {
+      if (typeof mod[name] !== "function") {
+        throw new Error(
+          `Durable Object class "${name}" is declared by the migrations but the main module ` +
+            `(${mainUrl}) does not export a class by that name; export it (export class ${name} ` +
+            `extends DurableObject { ... }) or remove it from the migrations.`,
+        );
+      }
     }
+    const env = buildEnv(spec);
+    internals.durable.bind(mod, env, spec);
+    const handler = handlerFor(mod, env);
+    (async () => {
+      while (true) {
+        const ev = await op_cinder_next_event();
+        if (ev === null) return;
+        core.setAsyncContext({ rid: ev.requestId, eid: ev.id, obj: 0, cs: 0 });
+        if (ev.kind === "fetch") onFetch(ev, handler, env);
+        else onScheduled(ev, handler, env);
+        core.setAsyncContext(undefined);
+      }
+    })();
+    return (kind, id) => internals.durable.entry(kind, id);
   }
 
   // Warm-up: V8 compiles functions on first call and the snapshot keeps compiled code, so
@@ -504,7 +549,7 @@
       headerPairs(inner.headerList);
     }
     new TextDecoder().decode(new TextEncoder().encode("x"));
-    buildEnv({ vars: [["A", "b"]], services: [] });
+    buildEnv({ vars: [["A", "b"]], services: [], durableObjects: [], classes: [] });
     // The event path itself; without isolate state (none exists while snapshotting) its ops
     // return early.
     onFetch(
@@ -515,6 +560,34 @@
   } catch {
     // Best effort: a cold path only costs compile time later.
   }
+
+  Object.assign(internals, {
+    core,
+    queueMicrotask,
+    streams,
+    requestMod,
+    Request,
+    Response,
+    Headers,
+    ReadableStream,
+    DOMException: domException.DOMException,
+    toInnerResponse,
+    streamFromBody,
+    bodyForRust,
+    headerPairs,
+    console,
+    executionContext: (waits) => new ExecutionContext(waits),
+    settleAll,
+    DurableObject,
+    WorkerEntrypoint,
+    RpcTarget,
+    errorText,
+  });
+  // The Durable Object and RPC scripts (js/durable.js) run next, in the same snapshot.
+  Object.defineProperty(globalThis, Symbol.for("cinder.internals"), {
+    value: internals,
+    configurable: true,
+  });
 
   const cf = { DurableObject, WorkerEntrypoint, RpcTarget, WorkflowEntrypoint };
   const moduleData = (specifier) => op_cinder_module_data(specifier).buffer;

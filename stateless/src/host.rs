@@ -1,18 +1,22 @@
-//! [`Host`]: the handle the gateway holds. It starts the executor threads and routes each
-//! event to one of them over a channel.
+//! [`Host`]: the handle the gateway holds. It opens the node's storage, starts core's actor
+//! runtime (whose executor threads are the node's one pool: see [`crate::thread`]) with a
+//! namespace per JS Durable Object class, and routes each stateless event to a thread.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use cinder_core::{IdFactory, NamespaceSpec, Runtime, RuntimeConfig};
+use cinder_storage::{Store, StoreConfig};
+use tokio::sync::oneshot;
 
+use crate::durable::JsClassFactory;
 use crate::event::{error_response, Event};
-use crate::executor::{self, Command};
 use crate::isolate::WorkerShared;
 use crate::loader::Rules;
 use crate::state::WorkerCtx;
+use crate::thread::{self, Ready};
 use crate::{Body, HostConfig, HostError, LoadError, DEFAULT_CPU_MS, DEFAULT_HEAP_LIMIT_BYTES};
 
 /// Runs worker scripts on executor threads. Cheap to clone; `Send + Sync`.
@@ -22,21 +26,76 @@ pub struct Host {
 }
 
 pub(crate) struct HostInner {
-    executors: Vec<mpsc::UnboundedSender<Command>>,
+    pub(crate) runtime: Runtime,
+    threads: usize,
     workers: HashMap<String, ()>,
     next: AtomicUsize,
     request_seq: AtomicU64,
     request_base: u64,
-    done: Mutex<Vec<oneshot::Receiver<()>>>,
+    /// Keeps a temporary state directory alive (and removes it) when none was given.
+    _ephemeral: Option<tempfile::TempDir>,
+    /// JS values lent out by reference over RPC, by id: where their isolate lives.
+    pub(crate) exports: std::sync::Mutex<HashMap<String, ExportHome>>,
 }
 
-fn prepare(cfg: &HostConfig) -> Result<Vec<Arc<WorkerShared>>, LoadError> {
+/// The isolate holding an exported value.
+#[derive(Clone)]
+pub(crate) struct ExportHome {
+    pub thread: usize,
+    pub worker: String,
+}
+
+/// The namespace key of the class a binding names, checked against the classes the target
+/// worker declares.
+fn binding_key(
+    cfg: &HostConfig,
+    worker: &str,
+    b: &crate::DurableObjectBinding,
+) -> Result<String, LoadError> {
+    let target = b.script_name.as_deref().unwrap_or(worker);
+    let w = cfg
+        .workers
+        .iter()
+        .find(|w| w.name == target)
+        .ok_or_else(|| LoadError::Config {
+            worker: worker.to_string(),
+            message: format!(
+                "Durable Object binding {} refers to class {} of worker {target:?}, which is not \
+                 part of this run",
+                b.binding, b.class_name
+            ),
+        })?;
+    w.classes
+        .iter()
+        .find(|c| c.class_name == b.class_name)
+        .map(|c| c.unique_key.clone())
+        .ok_or_else(|| LoadError::Config {
+            worker: worker.to_string(),
+            message: format!(
+                "Durable Object binding {} refers to class {}, which no migration of worker \
+                 {target:?} declares",
+                b.binding, b.class_name
+            ),
+        })
+}
+
+fn prepare(
+    cfg: &HostConfig,
+    host: &Arc<OnceLock<std::sync::Weak<HostInner>>>,
+) -> Result<Vec<Arc<WorkerShared>>, LoadError> {
     let mut seen = HashMap::new();
     let mut out = Vec::new();
     let heap_limit = if cfg.heap_limit_bytes == 0 {
         DEFAULT_HEAP_LIMIT_BYTES
     } else {
         cfg.heap_limit_bytes
+    };
+    let fetch_client = match crate::netguard::client(cfg.allow_private_fetch) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!("could not create the fetch() client: {e}");
+            None
+        }
     };
     for spec in &cfg.workers {
         let config_err = |message: String| LoadError::Config {
@@ -72,24 +131,24 @@ fn prepare(cfg: &HostConfig) -> Result<Vec<Arc<WorkerShared>>, LoadError> {
                 );
             }
         }
+        let mut do_namespaces = HashMap::new();
+        for b in &spec.durable_objects {
+            do_namespaces.insert(b.binding.clone(), binding_key(cfg, &spec.name, b)?);
+        }
         let env = serde_json::json!({
             "vars": spec.vars.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
             "services": spec.services.iter().map(|s| serde_json::json!([s.binding, s.service])).collect::<Vec<_>>(),
+            "durableObjects": spec.durable_objects.iter().map(|b| serde_json::json!([b.binding, do_namespaces[&b.binding]])).collect::<Vec<_>>(),
+            "classes": spec.classes.iter().map(|c| serde_json::json!([c.class_name, c.sqlite])).collect::<Vec<_>>(),
         });
-        let fetch_client = match crate::netguard::client(cfg.allow_private_fetch) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::error!("could not create the fetch() client: {e}");
-                None
-            }
-        };
         out.push(Arc::new(WorkerShared {
             ctx: Arc::new(WorkerCtx {
                 spec: spec.clone(),
-                host: Default::default(),
-                fetch_client,
+                host: host.clone(),
+                fetch_client: fetch_client.clone(),
                 allow_private_fetch: cfg.allow_private_fetch,
                 module_data: Default::default(),
+                do_namespaces,
             }),
             rules: Arc::new(rules),
             root,
@@ -103,13 +162,33 @@ fn prepare(cfg: &HostConfig) -> Result<Vec<Arc<WorkerShared>>, LoadError> {
     Ok(out)
 }
 
+/// One core namespace per Durable Object class of every worker.
+fn namespaces(cfg: &HostConfig) -> Vec<NamespaceSpec> {
+    cfg.workers
+        .iter()
+        .flat_map(|w| {
+            w.classes.iter().map(|c| NamespaceSpec {
+                name: c.unique_key.clone(),
+                ids: IdFactory::from_unique_key(&c.unique_key),
+                factory: Arc::new(JsClassFactory {
+                    worker: w.name.clone(),
+                    class: c.class_name.clone(),
+                    sqlite: c.sqlite,
+                }),
+            })
+        })
+        .collect()
+}
+
 impl Host {
-    /// Starts the executor threads and loads every worker on each of them. Fails with the first
-    /// worker's load error (its `Display` names the file and line): that worker is the one
-    /// serving outside traffic. Any other worker that fails to load is logged once and left
-    /// answering each of its events with `500` naming the error, so the rest keep serving.
+    /// Opens the state, starts the executor threads and loads every worker on each of them.
+    /// Fails with the first worker's load error (its `Display` names the file and line): that
+    /// worker is the one serving outside traffic. Any other worker that fails to load is logged
+    /// once and left answering each of its events with `500` naming the error, so the rest keep
+    /// serving.
     pub fn start(cfg: HostConfig) -> Result<Host, LoadError> {
-        let prepared = prepare(&cfg)?;
+        let host_cell: Arc<OnceLock<std::sync::Weak<HostInner>>> = Arc::new(OnceLock::new());
+        let workers = Arc::new(prepare(&cfg, &host_cell)?);
         crate::snapshot::get().map_err(LoadError::Thread)?;
         let threads = if cfg.threads == 0 {
             std::thread::available_parallelism()
@@ -118,106 +197,87 @@ impl Host {
         } else {
             cfg.threads
         };
+        let (ephemeral, state_dir) = match &cfg.state_dir {
+            Some(dir) => (None, dir.clone()),
+            None => {
+                let tmp = tempfile::Builder::new()
+                    .prefix("cinder-state-")
+                    .tempdir()
+                    .map_err(|e| LoadError::Thread(format!("temporary state directory: {e}")))?;
+                let path = tmp.path().to_path_buf();
+                (Some(tmp), path)
+            }
+        };
+        let store_dir = state_dir.join("store");
+        let store = Store::open(
+            &store_dir,
+            StoreConfig {
+                durability: cfg.durability,
+                ..StoreConfig::default()
+            },
+        )
+        .map_err(|e| LoadError::Thread(format!("opening {}: {e}", store_dir.display())))?;
+
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
+        let start_workers = workers.clone();
+        let rt_cfg = RuntimeConfig {
+            threads,
+            on_thread_start: Some(Arc::new(move |_index| {
+                thread::start(start_workers.clone(), ready_tx.clone())
+            })),
+            on_thread_stop: Some(Arc::new(|_index| thread::stop())),
+            ..RuntimeConfig::default()
+        };
+        let runtime = Runtime::start(store, rt_cfg, namespaces(&cfg))
+            .map_err(|e| LoadError::Thread(e.to_string()))?;
+
         let mut start_err = None;
-        let inner = Arc::new_cyclic(|weak| {
-            // Every isolate's service bindings reach the host through this weak handle.
-            let workers: Vec<Arc<WorkerShared>> = prepared
-                .into_iter()
-                .map(|w| {
-                    let ctx = WorkerCtx {
-                        spec: w.ctx.spec.clone(),
-                        host: weak.clone(),
-                        fetch_client: w.ctx.fetch_client.clone(),
-                        allow_private_fetch: w.ctx.allow_private_fetch,
-                        module_data: Default::default(),
-                    };
-                    Arc::new(WorkerShared {
-                        ctx: Arc::new(ctx),
-                        rules: w.rules.clone(),
-                        root: w.root.clone(),
-                        main: w.main.clone(),
-                        main_url: w.main_url.clone(),
-                        cpu_limit: w.cpu_limit,
-                        heap_limit: w.heap_limit,
-                        env_json: w.env_json.clone(),
-                    })
-                })
-                .collect();
-            let workers = Arc::new(workers);
-            let mut executors = Vec::new();
-            let mut done = Vec::new();
-            let mut ready = Vec::new();
-            for i in 0..threads {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let (rtx, rrx) = std::sync::mpsc::channel();
-                let (dtx, drx) = oneshot::channel();
-                let w = workers.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(format!("cinder-exec-{i}"))
-                    .spawn(move || executor::run(w, rx, rtx, dtx));
-                match spawned {
-                    Ok(_) => {
-                        executors.push(tx);
-                        done.push(drx);
-                        ready.push(rrx);
-                    }
-                    Err(e) => {
-                        start_err = Some(LoadError::Thread(e.to_string()));
-                        break;
-                    }
+        let mut logged = std::collections::HashSet::new();
+        for _ in 0..threads {
+            let res = ready_rx
+                .recv()
+                .unwrap_or_else(|_| Err(LoadError::Thread("executor thread died".into())));
+            match res {
+                Err(e) => {
+                    start_err.get_or_insert(e);
                 }
-            }
-            let mut logged = std::collections::HashSet::new();
-            for r in ready {
-                let res = r
-                    .recv()
-                    .unwrap_or_else(|_| Err(LoadError::Thread("executor thread died".into())));
-                match res {
-                    Err(e) => {
-                        if start_err.is_none() {
-                            start_err = Some(e);
-                        }
-                    }
-                    Ok(failures) => {
-                        for (i, e) in failures {
-                            if i == 0 {
-                                if start_err.is_none() {
-                                    start_err = Some(e);
-                                }
-                            } else if logged.insert(i) {
-                                tracing::error!(
-                                    worker = %workers[i].ctx.spec.name,
-                                    "worker failed to load; its requests are answered 500: {e}"
-                                );
-                            }
+                Ok(failures) => {
+                    for (i, e) in failures {
+                        if i == 0 {
+                            start_err.get_or_insert(e);
+                        } else if logged.insert(i) {
+                            tracing::error!(
+                                worker = %workers[i].ctx.spec.name,
+                                "worker failed to load; its requests are answered 500: {e}"
+                            );
                         }
                     }
                 }
             }
-            HostInner {
-                executors,
-                workers: workers
-                    .iter()
-                    .map(|w| (w.ctx.spec.name.clone(), ()))
-                    .collect(),
-                next: AtomicUsize::new(0),
-                request_seq: AtomicU64::new(0),
-                request_base: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0)
-                    << 16,
-                done: Mutex::new(done),
-            }
-        });
-        let host = Host { inner };
+        }
         if let Some(e) = start_err {
-            for tx in &host.inner.executors {
-                let _ = tx.send(Command::Shutdown);
-            }
+            runtime.shutdown();
             return Err(e);
         }
-        Ok(host)
+        let inner = Arc::new(HostInner {
+            runtime,
+            threads,
+            workers: workers
+                .iter()
+                .map(|w| (w.ctx.spec.name.clone(), ()))
+                .collect(),
+            next: AtomicUsize::new(0),
+            request_seq: AtomicU64::new(0),
+            request_base: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+                << 16,
+            _ephemeral: ephemeral,
+            exports: Default::default(),
+        });
+        let _ = host_cell.set(Arc::downgrade(&inner));
+        Ok(Host { inner })
     }
 
     /// Delivers one HTTP request to worker `worker`. Never panics: failures become 5xx responses.
@@ -259,12 +319,18 @@ impl Host {
         let mut out = Vec::with_capacity(samples);
         for i in 0..samples {
             let (reply, rx) = oneshot::channel();
-            let exec = &self.inner.executors[i % self.inner.executors.len().max(1)];
-            exec.send(Command::Probe {
-                worker: worker.to_string(),
-                reply,
-            })
-            .map_err(|_| LoadError::Thread("host is shut down".into()))?;
+            let w = worker.to_string();
+            self.inner
+                .runtime
+                .run_on(
+                    i,
+                    Box::new(move || {
+                        tokio::task::spawn_local(async move {
+                            let _ = reply.send(thread::probe(&w).await);
+                        });
+                    }),
+                )
+                .map_err(|_| LoadError::Thread("host is shut down".into()))?;
             let d = rx
                 .await
                 .map_err(|_| LoadError::Thread("host is shut down".into()))??;
@@ -275,16 +341,8 @@ impl Host {
 
     /// Stops taking events, lets in-flight ones finish (bounded), and ends the threads.
     pub async fn shutdown(&self) {
-        for tx in &self.inner.executors {
-            let _ = tx.send(Command::Shutdown);
-        }
-        let done: Vec<_> = match self.inner.done.lock() {
-            Ok(mut d) => d.drain(..).collect(),
-            Err(_) => Vec::new(),
-        };
-        for d in done {
-            let _ = d.await;
-        }
+        let rt = self.inner.runtime.clone();
+        let _ = tokio::task::spawn_blocking(move || rt.shutdown()).await;
     }
 }
 
@@ -294,32 +352,29 @@ impl HostInner {
         format!("{:016x}", self.request_base.wrapping_add(n))
     }
 
-    /// Hands the event back when no executor takes it, so the caller can answer it.
+    /// Hands the event to an executor thread (round robin); `Err` gives it back when the
+    /// runtime is shut down, so the caller can answer it.
     #[allow(clippy::result_large_err)]
     fn send(&self, worker: &str, event: Event) -> Result<(), Event> {
-        if self.executors.is_empty() {
-            return Err(event);
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.max(1);
+        let slot = Arc::new(std::sync::Mutex::new(Some(event)));
+        let taken = slot.clone();
+        let worker = worker.to_string();
+        let sent = self.runtime.run_on(
+            i,
+            Box::new(move || {
+                if let Some(ev) = taken.lock().ok().and_then(|mut e| e.take()) {
+                    thread::deliver(&worker, ev);
+                }
+            }),
+        );
+        match sent {
+            Ok(()) => Ok(()),
+            Err(_) => match slot.lock().ok().and_then(|mut e| e.take()) {
+                Some(ev) => Err(ev),
+                None => Ok(()),
+            },
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.executors.len();
-        self.executors[i]
-            .send(Command::Event {
-                worker: worker.to_string(),
-                event,
-            })
-            .map_err(|e| match e.0 {
-                Command::Event { event, .. } => event,
-                _ => unreachable_event(),
-            })
-    }
-}
-
-/// `send` only ever hands back the event it was given; this keeps that total without panicking.
-fn unreachable_event() -> Event {
-    let (reply, _) = oneshot::channel();
-    Event::Fetch {
-        request_id: String::new(),
-        req: http::Request::new(Body::empty()),
-        reply,
     }
 }
 

@@ -2,6 +2,7 @@
 //! snapshot, loads the worker's modules, then serves events until its channel closes or a
 //! limit stops it.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -13,10 +14,13 @@ use std::time::Duration;
 use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions};
 use tokio::sync::{mpsc, Mutex};
 
+use cinder_core::ActorError;
+
 use crate::cpu::{self, Slot};
+use crate::durable::{DoCall, DoEvent};
 use crate::event::{Event, Stop};
 use crate::loader::{Loader, Rules};
-use crate::state::{IsolateState, WorkerCtx};
+use crate::state::{InFlight, IsolateState, ObjectReplyTx, Reply, WorkerCtx};
 use crate::LoadError;
 
 /// What every isolate of one worker shares.
@@ -120,11 +124,6 @@ impl Runtime {
     }
 }
 
-pub(crate) struct Isolate {
-    rt: Runtime,
-    state: Rc<IsolateState>,
-}
-
 /// Turns a deno_core error into a [`LoadError`] naming the file and line, taken from the first
 /// `file://…:line:col` location the message mentions.
 fn load_error(w: &WorkerShared, err: &dyn std::fmt::Display) -> LoadError {
@@ -204,20 +203,36 @@ impl Drop for Runtime {
     }
 }
 
+/// One worker's isolate on one executor thread: the worker's stateless events and the Durable
+/// Objects of its classes that live on this thread. Shared (`Rc`) between the driver task that
+/// runs its event loop and the objects that enter it synchronously; the runtime is borrowed
+/// only inside one poll or one synchronous call, never across an await.
+pub(crate) struct Isolate {
+    rt: RefCell<Runtime>,
+    pub state: Rc<IsolateState>,
+    /// The bootstrap's entry for Durable Object events.
+    entry: v8::Global<v8::Function>,
+    slot: Arc<Slot>,
+    cpu_limit: Duration,
+}
+
+/// `entry` kinds (the bootstrap's `cinder.entry`).
+const ENTRY_OBJECT_EVENT: i32 = 1;
+
 impl Isolate {
     /// Builds an isolate from the snapshot and evaluates the worker's main module. The load
     /// runs under the CPU limit too, so a top-level infinite loop is a load error.
     pub async fn create(
         w: &WorkerShared,
         events: Rc<Mutex<mpsc::UnboundedReceiver<Event>>>,
-        slot: &Slot,
+        slot: &Arc<Slot>,
         spare: &Spare,
-    ) -> Result<Isolate, LoadError> {
+    ) -> Result<Rc<Isolate>, LoadError> {
         let spare_rt = spare
             .borrow_mut()
             .take()
             .filter(|r| r.heap_limit == w.heap_limit);
-        let runtime = match spare_rt {
+        let mut runtime = match spare_rt {
             Some(r) => r,
             None => Runtime::blank(w.heap_limit).map_err(|message| LoadError::File {
                 file: w.main.clone(),
@@ -232,17 +247,16 @@ impl Isolate {
         }));
         let state = Rc::new(IsolateState::new(w.ctx.clone(), events));
         runtime.rt.op_state().borrow_mut().put(state.clone());
-        let mut iso = Isolate { rt: runtime, state };
 
-        slot.arm(iso.rt.handle.clone(), w.cpu_limit);
-        let ptr = isolate_ptr(&mut iso.rt.rt);
+        slot.arm(runtime.handle.clone(), w.cpu_limit);
+        let ptr = isolate_ptr(&mut runtime.rt);
         let loaded = Entered {
             isolate: ptr,
-            fut: Box::pin(Self::load_main(&mut iso.rt.rt, w)),
+            fut: Box::pin(Self::load_main(&mut runtime.rt, w)),
         }
         .await;
         let fired = slot.disarm();
-        if iso.rt.heap_hit.load(Ordering::SeqCst) {
+        if runtime.heap_hit.load(Ordering::SeqCst) {
             return Err(LoadError::Script {
                 file: w.main.clone(),
                 line: 0,
@@ -256,16 +270,26 @@ impl Isolate {
                 message: "Worker exceeded CPU time limit while loading (top-level code)".into(),
             });
         }
-        loaded?;
-        Ok(iso)
+        let entry = loaded?;
+        Ok(Rc::new(Isolate {
+            rt: RefCell::new(runtime),
+            state,
+            entry,
+            slot: slot.clone(),
+            cpu_limit: w.cpu_limit,
+        }))
     }
 
-    async fn load_main(rt: &mut JsRuntime, w: &WorkerShared) -> Result<(), LoadError> {
+    async fn load_main(
+        rt: &mut JsRuntime,
+        w: &WorkerShared,
+    ) -> Result<v8::Global<v8::Function>, LoadError> {
         // Workers have no `Deno`; libraries detect runtimes by it. The bootstrap kept what it
         // needs in closures.
         rt.execute_script(
             "ext:cinder/init.js",
-            "delete globalThis.Deno; delete globalThis.__bootstrap;",
+            "delete globalThis.Deno; delete globalThis.__bootstrap; \
+             delete globalThis[Symbol.for('cinder.internals')];",
         )
         .map_err(|e| load_error(w, &e))?;
         let id = rt
@@ -285,39 +309,47 @@ impl Isolate {
             },
         )
         .await?;
-        let url = serde_json::to_string(w.main_url.as_str()).unwrap_or_default();
-        let start = format!(
-            "globalThis[Symbol.for(\"cinder.start\")]({url}, {});",
-            w.env_json
-        );
-        rt.execute_script("ext:cinder/start.js", start)
-            .map_err(|e| load_error(w, &e))?;
-        Ok(())
-    }
-
-    pub fn state(&self) -> &Rc<IsolateState> {
-        &self.state
+        let namespace = rt.get_module_namespace(id).map_err(|e| load_error(w, &e))?;
+        start_worker(rt, w, namespace).map_err(|message| LoadError::File {
+            file: w.main.clone(),
+            message,
+        })
     }
 
     /// Serves events until the event channel closes (`Ok`) or the isolate must be dropped.
-    pub async fn run(&mut self, slot: &Slot, cpu_limit: Duration) -> Result<(), Stop> {
-        let isolate = isolate_ptr(&mut self.rt.rt);
+    pub async fn run(self: &Rc<Self>) -> Result<(), Stop> {
         poll_fn(|cx| {
-            let budget = self.state.cpu_remaining(cpu_limit);
+            {
+                let mut waker = self.state.waker.borrow_mut();
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+            }
+            if let Some(stop) = self.state.stop.0.get() {
+                return Poll::Ready(Err(stop));
+            }
+            let Ok(mut rt) = self.rt.try_borrow_mut() else {
+                // Only a synchronous call into JS borrows it, and that ends before this task
+                // can run again; try on the next wake-up.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            };
+            let budget = self.state.cpu_remaining(self.cpu_limit);
             let t0 = cpu::thread_cpu_now();
-            slot.arm(self.rt.handle.clone(), budget);
+            self.slot.arm(rt.handle.clone(), budget);
+            let isolate = isolate_ptr(&mut rt.rt);
             // SAFETY: see `Entered`; paired with the exit below, same thread, same poll.
             unsafe { (*isolate).enter() };
-            let r = self
-                .rt
-                .rt
-                .poll_event_loop(cx, PollEventLoopOptions::default());
+            let r = rt.rt.poll_event_loop(cx, PollEventLoopOptions::default());
             // SAFETY: this isolate is the current one again after the poll.
             unsafe { (*isolate).exit() };
-            let fired = slot.disarm();
+            let fired = self.slot.disarm();
+            let heap_hit = rt.heap_hit.load(Ordering::SeqCst);
+            drop(rt);
             self.state
-                .charge(cpu::thread_cpu_now().saturating_sub(t0), fired);
-            if self.rt.heap_hit.load(Ordering::SeqCst) {
+                .charge(cpu::thread_cpu_now().saturating_sub(t0), &[], fired);
+            self.state.release_deferred_locks();
+            if heap_hit {
                 return Poll::Ready(Err(Stop::MemoryLimit));
             }
             if fired {
@@ -336,6 +368,147 @@ impl Isolate {
             }
         })
         .await
+    }
+
+    /// Hands a Durable Object event to JS and runs its handler synchronously (with its
+    /// microtasks) until its first real await. With `reply`, the event is in flight until JS
+    /// answers it; a constructor's failure is returned directly.
+    pub fn enter_object(
+        &self,
+        event: DoEvent,
+        reply: Option<ObjectReplyTx>,
+    ) -> Result<(), ActorError> {
+        let st = &self.state;
+        if st.stop.0.get().is_some() {
+            return Err(ActorError::new(
+                "Durable Object reset because its isolate was stopped.",
+            ));
+        }
+        let eid = st.next_id();
+        if let Some(tx) = reply {
+            let request_id = match &event {
+                DoEvent::Call {
+                    call: DoCall::Fetch { request_id, .. } | DoCall::Rpc { request_id, .. },
+                    ..
+                } => request_id.clone(),
+                _ => String::new(),
+            };
+            st.inflight.borrow_mut().insert(
+                eid,
+                InFlight {
+                    request_id,
+                    reply: Reply::Object(Some(tx)),
+                    cpu: Duration::ZERO,
+                },
+            );
+        }
+        st.pending_events.borrow_mut().insert(eid, event);
+        let result = self.call_entry(ENTRY_OBJECT_EVENT, eid);
+        st.pending_events.borrow_mut().remove(&eid);
+        match result {
+            Ok(None) => Ok(()),
+            Ok(Some((name, message))) => Err(ActorError::with_name(name, message)),
+            Err(e) => {
+                st.inflight.borrow_mut().remove(&eid);
+                Err(e)
+            }
+        }
+    }
+
+    /// Calls the bootstrap's entry synchronously, then runs the microtask queue, under the CPU
+    /// watchdog. A limit reached here stops the isolate (its driver notices `state.stop`).
+    fn call_entry(&self, kind: i32, id: u32) -> Result<Option<(String, String)>, ActorError> {
+        let mut rt = self
+            .rt
+            .try_borrow_mut()
+            .map_err(|_| ActorError::new("internal error: re-entrant call into an isolate"))?;
+        let budget = self.state.cpu_remaining(self.cpu_limit);
+        let t0 = cpu::thread_cpu_now();
+        self.slot.arm(rt.handle.clone(), budget);
+        let isolate = isolate_ptr(&mut rt.rt);
+        // SAFETY: as in `run`: enter and exit are paired within this synchronous call.
+        unsafe { (*isolate).enter() };
+        let out = {
+            let js = &mut rt.rt;
+            deno_core::scope!(scope, js);
+            v8::tc_scope!(let tc, scope);
+            let f = v8::Local::new(tc, &self.entry);
+            let recv: v8::Local<v8::Value> = v8::undefined(tc).into();
+            let args: [v8::Local<v8::Value>; 2] = [
+                v8::Integer::new(tc, kind).into(),
+                v8::Integer::new_from_unsigned(tc, id).into(),
+            ];
+            let r = f.call(tc, recv, &args);
+            if !tc.is_execution_terminating() {
+                tc.perform_microtask_checkpoint();
+            }
+            match r {
+                Some(v) if v.is_array() => {
+                    deno_core::serde_v8::from_v8::<(String, String)>(tc, v).ok()
+                }
+                Some(_) => None,
+                None => {
+                    let text = tc
+                        .exception()
+                        .map(|e| e.to_rust_string_lossy(tc))
+                        .unwrap_or_else(|| "the isolate was terminated".into());
+                    Some(("Error".to_string(), text))
+                }
+            }
+        };
+        // SAFETY: this isolate is the current one again.
+        unsafe { (*isolate).exit() };
+        let fired = self.slot.disarm();
+        let heap_hit = rt.heap_hit.load(Ordering::SeqCst);
+        drop(rt);
+        self.state
+            .charge(cpu::thread_cpu_now().saturating_sub(t0), &[id], fired);
+        self.state.release_deferred_locks();
+        self.state.wake_driver();
+        if heap_hit || fired {
+            let stop = if heap_hit {
+                Stop::MemoryLimit
+            } else {
+                Stop::CpuLimit
+            };
+            self.state.stop.0.set(Some(stop));
+            return Err(ActorError::new(match stop {
+                Stop::MemoryLimit => "Durable Object exceeded its memory limit and was reset.",
+                _ => "Durable Object exceeded its CPU time limit and was reset.",
+            }));
+        }
+        Ok(out)
+    }
+}
+
+/// Calls the bootstrap's per-worker `start` with the worker's module namespace and bindings;
+/// it returns the entry for Durable Object events.
+fn start_worker(
+    rt: &mut JsRuntime,
+    w: &WorkerShared,
+    namespace: v8::Global<v8::Object>,
+) -> Result<v8::Global<v8::Function>, String> {
+    deno_core::scope!(scope, rt);
+    v8::tc_scope!(let tc, scope);
+    let global = tc.get_current_context().global(tc);
+    let key = v8::String::new(tc, "cinder.start").ok_or("out of memory")?;
+    let sym = v8::Symbol::for_key(tc, key);
+    let start = global
+        .get(tc, sym.into())
+        .and_then(|f| v8::Local::<v8::Function>::try_from(f).ok())
+        .ok_or("the bootstrap has no start function")?;
+    let url = v8::String::new(tc, w.main_url.as_str()).ok_or("out of memory")?;
+    let env = v8::String::new(tc, &w.env_json).ok_or("out of memory")?;
+    let ns = v8::Local::new(tc, namespace);
+    let recv: v8::Local<v8::Value> = v8::undefined(tc).into();
+    let r = start.call(tc, recv, &[url.into(), env.into(), ns.into()]);
+    tc.perform_microtask_checkpoint();
+    match r.and_then(|v| v8::Local::<v8::Function>::try_from(v).ok()) {
+        Some(entry) => Ok(v8::Global::new(tc, entry)),
+        None => Err(tc
+            .exception()
+            .map(|e| e.to_rust_string_lossy(tc))
+            .unwrap_or_else(|| "the worker could not be started".into())),
     }
 }
 

@@ -38,16 +38,20 @@
 use std::path::PathBuf;
 
 mod cpu;
+mod durable;
 mod event;
-mod executor;
 mod host;
 mod isolate;
 mod loader;
 mod netguard;
 mod ops;
+mod ops_do;
+mod ops_rpc;
 mod snapshot;
 mod state;
+mod thread;
 
+pub use cinder_storage::Durability;
 pub use host::Host;
 pub use loader::{default_rules, module_kind_for};
 pub use netguard::{is_internal as is_internal_address, ALLOW_FLAG};
@@ -75,10 +79,39 @@ pub struct WorkerSpec {
     pub cpu_ms: Option<u64>,
     /// `triggers.crons`.
     pub crons: Vec<String>,
+    /// `durable_objects.bindings`: `env.<binding>` is a namespace of a class of this worker or
+    /// (with `script_name`) of another worker of the same host.
+    pub durable_objects: Vec<DurableObjectBinding>,
+    /// The Durable Object classes this worker exports that its migrations declared (or that
+    /// the gateway declared for it, as `wrangler dev` does for a bound class without one).
+    pub classes: Vec<DurableObjectClass>,
+}
+
+/// One `[[durable_objects.bindings]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableObjectBinding {
+    pub binding: String,
+    pub class_name: String,
+    /// The worker exporting the class, when it is not this one.
+    pub script_name: Option<String>,
+}
+
+/// A Durable Object class as its migrations left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableObjectClass {
+    pub class_name: String,
+    /// The namespace's identity: it keys the id MAC and is stored with the objects' alarms, so
+    /// it stays the same when the class is renamed (`renamed_classes`).
+    pub unique_key: String,
+    /// Declared by `new_sqlite_classes` (SQLite-backed storage) rather than `new_classes`.
+    pub sqlite: bool,
 }
 
 /// CPU time allowed per event when the config sets none (Cloudflare's paid-plan default).
 pub const DEFAULT_CPU_MS: u64 = 30_000;
+
+/// How long `ctx.waitUntil` work may keep running after its event (Cloudflare's cap).
+pub const WAIT_UNTIL_LIMIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Heap limit per isolate when the config sets none.
 pub const DEFAULT_HEAP_LIMIT_BYTES: usize = 128 * 1024 * 1024;
@@ -121,6 +154,11 @@ pub struct HostConfig {
     /// Let the global `fetch()` reach loopback, private and link-local addresses.
     pub allow_private_fetch: bool,
     pub heap_limit_bytes: usize,
+    /// Where Durable Object storage lives (a fjall database). `None`: a temporary directory
+    /// removed when the host stops, for runs that keep nothing.
+    pub state_dir: Option<PathBuf>,
+    /// How a write is made durable before the output gate lets anything depending on it out.
+    pub durability: Durability,
 }
 
 impl Default for HostConfig {
@@ -130,6 +168,8 @@ impl Default for HostConfig {
             threads: 0,
             allow_private_fetch: false,
             heap_limit_bytes: DEFAULT_HEAP_LIMIT_BYTES,
+            state_dir: None,
+            durability: Durability::Fsync,
         }
     }
 }

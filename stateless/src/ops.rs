@@ -61,7 +61,7 @@ pub(crate) struct JsEvent {
     scheduled_time: f64,
 }
 
-fn header_pairs(headers: &http::HeaderMap) -> Vec<(ByteString, ByteString)> {
+pub(crate) fn header_pairs(headers: &http::HeaderMap) -> Vec<(ByteString, ByteString)> {
     headers
         .iter()
         .map(|(k, v)| {
@@ -75,7 +75,7 @@ fn header_pairs(headers: &http::HeaderMap) -> Vec<(ByteString, ByteString)> {
 
 /// The request URL as the worker sees it: absolute, the host taken from the `Host` header
 /// when the gateway passed an origin-form URI.
-fn absolute_url(parts: &http::request::Parts) -> String {
+pub(crate) fn absolute_url(parts: &http::request::Parts) -> String {
     if parts.uri.scheme().is_some() {
         return parts.uri.to_string();
     }
@@ -194,7 +194,7 @@ pub(crate) fn take_sink_body(st: &IsolateState, sink: u32) -> Option<SinkBody> {
         .map(|rx| SinkBody { rx })
 }
 
-fn body_from_js(st: &IsolateState, kind: u32, bytes: &JsBuffer, sink: u32) -> Body {
+pub(crate) fn body_from_js(st: &IsolateState, kind: u32, bytes: &JsBuffer, sink: u32) -> Body {
     match kind {
         1 => Body::from(bytes.to_vec()),
         2 => match take_sink_body(st, sink) {
@@ -205,7 +205,9 @@ fn body_from_js(st: &IsolateState, kind: u32, bytes: &JsBuffer, sink: u32) -> Bo
     }
 }
 
-fn build_headers(headers: Vec<(ByteString, ByteString)>) -> Result<http::HeaderMap, String> {
+pub(crate) fn build_headers(
+    headers: Vec<(ByteString, ByteString)>,
+) -> Result<http::HeaderMap, String> {
     let mut map = http::HeaderMap::with_capacity(headers.len());
     for (k, v) in headers {
         let name = http::HeaderName::from_bytes(&k).map_err(|e| format!("bad header name: {e}"))?;
@@ -232,7 +234,11 @@ fn op_cinder_respond(
         Some(InFlight {
             reply: Reply::Fetch(s),
             ..
-        }) => s.take(),
+        }) => s.take().map(Responder::Http),
+        Some(InFlight {
+            reply: Reply::Object(s),
+            ..
+        }) => s.take().map(Responder::Object),
         _ => None,
     };
     let Some(sender) = sender else { return };
@@ -256,7 +262,19 @@ fn op_cinder_respond(
             error_response(500, "Worker returned an invalid response.")
         }
     };
-    let _ = sender.send(resp);
+    match sender {
+        Responder::Http(s) => {
+            let _ = s.send(resp);
+        }
+        Responder::Object(s) => {
+            let _ = s.send(Ok(crate::durable::DoReply::Fetch(resp)));
+        }
+    }
+}
+
+enum Responder {
+    Http(tokio::sync::oneshot::Sender<http::Response<Body>>),
+    Object(crate::state::ObjectReplyTx),
 }
 
 #[op2(fast)]
@@ -297,6 +315,16 @@ fn op_cinder_event_done(state: &mut OpState, #[smi] id: u32, #[string] error: &s
             let _ = s.send(result);
         }
         Reply::Scheduled(None) => {}
+        Reply::Object(Some(s)) => {
+            // The handler finished without answering (the JS side answers before it calls
+            // this, so this is a bug there): fail the call rather than leave it hanging.
+            let _ = s.send(Err(cinder_core::ActorError::new(if error.is_empty() {
+                "the Durable Object did not answer"
+            } else {
+                error
+            })));
+        }
+        Reply::Object(None) => {}
     }
 }
 
@@ -375,11 +403,57 @@ fn op_cinder_sink_close(state: &mut OpState, #[smi] id: u32, #[string] error: &s
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct OutResponse {
+pub(crate) struct OutResponse {
     status: u16,
     status_text: String,
     headers: Vec<(ByteString, ByteString)>,
     body: Option<u32>,
+}
+
+/// A response handed to JS: its body (if any) parked under a fresh id for `op_cinder_body_read`.
+pub(crate) fn out_response(st: &IsolateState, resp: http::Response<Body>) -> OutResponse {
+    let (parts, body) = resp.into_parts();
+    let body = if http_body::Body::is_end_stream(&body) {
+        None
+    } else {
+        let bid = st.next_id();
+        st.bodies.borrow_mut().insert(bid, body);
+        Some(bid)
+    };
+    OutResponse {
+        status: parts.status.as_u16(),
+        status_text: parts
+            .status
+            .canonical_reason()
+            .unwrap_or_default()
+            .to_string(),
+        headers: header_pairs(&parts.headers),
+        body,
+    }
+}
+
+/// An outbound request built from what JS passed (method, URL, headers, body).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build_request(
+    st: &IsolateState,
+    method: &str,
+    url: &str,
+    headers: Vec<(ByteString, ByteString)>,
+    kind: u32,
+    bytes: &JsBuffer,
+    sink: u32,
+) -> Result<http::Request<Body>, JsErrorBox> {
+    let method = http::Method::from_bytes(method.as_bytes())
+        .map_err(|_| JsErrorBox::type_error(format!("invalid method {method:?}")))?;
+    let headers = build_headers(headers).map_err(JsErrorBox::type_error)?;
+    let body = body_from_js(st, kind, bytes, sink);
+    let mut req = http::Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = url
+        .parse()
+        .map_err(|e| JsErrorBox::type_error(format!("invalid URL {url:?}: {e}")))?;
+    *req.headers_mut() = headers;
+    Ok(req)
 }
 
 #[op2]
@@ -388,19 +462,24 @@ struct OutResponse {
 async fn op_cinder_outbound(
     state: Rc<RefCell<OpState>>,
     #[string] target: String,
-    #[string] method: String,
-    #[string] url: String,
-    #[serde] headers: Vec<(ByteString, ByteString)>,
+    #[serde] head: crate::ops_do::RequestHead,
     #[smi] kind: u32,
     #[buffer] bytes: JsBuffer,
     #[smi] sink: u32,
+    #[smi] caller: u32,
+    in_cs: bool,
 ) -> Result<OutResponse, JsErrorBox> {
     let st = isolate_rc(&state).ok_or_else(|| JsErrorBox::generic("isolate is shutting down"))?;
-    let method = http::Method::from_bytes(method.as_bytes())
-        .map_err(|_| JsErrorBox::type_error(format!("invalid method {method:?}")))?;
-    let headers = build_headers(headers).map_err(JsErrorBox::type_error)?;
-    let resp = if target.is_empty() {
-        netguard::fetch(&st, method, &url, headers, kind, &bytes, sink).await?
+    let crate::ops_do::RequestHead {
+        method,
+        url,
+        headers,
+    } = head;
+    let request = if target.is_empty() {
+        let method = http::Method::from_bytes(method.as_bytes())
+            .map_err(|_| JsErrorBox::type_error(format!("invalid method {method:?}")))?;
+        let headers = build_headers(headers).map_err(JsErrorBox::type_error)?;
+        Outbound::Internet(method, headers)
     } else {
         let binding = st
             .worker
@@ -411,36 +490,36 @@ async fn op_cinder_outbound(
             .ok_or_else(|| JsErrorBox::type_error(format!("no service binding {target:?}")))?;
         let host = st
             .worker
-            .host
-            .upgrade()
+            .host()
             .ok_or_else(|| JsErrorBox::generic("the host is shut down"))?;
-        let body = body_from_js(&st, kind, &bytes, sink);
-        let mut req = http::Request::new(body);
-        *req.method_mut() = method;
-        *req.uri_mut() = url
-            .parse()
-            .map_err(|e| JsErrorBox::type_error(format!("invalid URL {url:?}: {e}")))?;
-        *req.headers_mut() = headers;
-        crate::host::dispatch_fetch(&host, &binding.service, req).await
+        let req = build_request(&st, &method, &url, headers, kind, &bytes, sink)?;
+        Outbound::Service(host, binding.service.clone(), req)
     };
-    let (parts, body) = resp.into_parts();
-    let body = if http_body::Body::is_end_stream(&body) {
-        None
-    } else {
-        let bid = st.next_id();
-        st.bodies.borrow_mut().insert(bid, body);
-        Some(bid)
+    // From a Durable Object, the request leaves only once the object's earlier writes are
+    // durable, and its response comes back through the input gate.
+    let io = async {
+        match request {
+            Outbound::Internet(method, headers) => {
+                netguard::fetch(&st, method, &url, headers, kind, &bytes, sink).await
+            }
+            Outbound::Service(host, service, req) => {
+                Ok(crate::host::dispatch_fetch(&host, &service, req).await)
+            }
+        }
     };
-    Ok(OutResponse {
-        status: parts.status.as_u16(),
-        status_text: parts
-            .status
-            .canonical_reason()
-            .unwrap_or_default()
-            .to_string(),
-        headers: header_pairs(&parts.headers),
-        body,
-    })
+    let resp = crate::ops_do::outbound(&st, caller, in_cs, io)
+        .await
+        .map_err(|e| JsErrorBox::generic(e.message))??;
+    Ok(out_response(&st, resp))
+}
+
+enum Outbound {
+    Internet(http::Method, http::HeaderMap),
+    Service(
+        std::sync::Arc<crate::host::HostInner>,
+        String,
+        http::Request<Body>,
+    ),
 }
 
 #[op2(fast)]

@@ -31,10 +31,21 @@ pub(crate) fn extensions() -> Vec<Extension> {
             ..Default::default()
         }),
         crate::ops::cinder::init(),
+        crate::ops_do::cinder_do::init(),
+        crate::ops_rpc::cinder_rpc::init(),
     ]
 }
 
-const BOOTSTRAP: &str = include_str!("../js/bootstrap.js");
+/// The isolate's JS, run in this order while the snapshot is built: the Web-API globals and
+/// stateless events, JS RPC, Durable Objects.
+const SCRIPTS: [(&str, &str); 3] = [
+    (
+        "ext:cinder/bootstrap.js",
+        include_str!("../js/bootstrap.js"),
+    ),
+    ("ext:cinder/rpc.js", include_str!("../js/rpc.js")),
+    ("ext:cinder/durable.js", include_str!("../js/durable.js")),
+];
 
 fn build() -> Result<&'static [u8], String> {
     // Initialise V8 in normal mode first: the snapshot creator would otherwise set
@@ -45,8 +56,10 @@ fn build() -> Result<&'static [u8], String> {
         ..Default::default()
     })
     .map_err(|e| format!("creating the snapshot runtime: {e}"))?;
-    rt.execute_script("ext:cinder/bootstrap.js", BOOTSTRAP)
-        .map_err(|e| format!("bootstrap script failed: {e}"))?;
+    for (name, source) in SCRIPTS {
+        rt.execute_script(name, source)
+            .map_err(|e| format!("{name} failed: {e}"))?;
+    }
     let blob = rt.snapshot();
     Ok(Box::leak(blob))
 }

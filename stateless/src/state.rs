@@ -1,14 +1,18 @@
-//! Per-isolate state shared between the isolate's driver task and its ops.
+//! Per-isolate state shared between the isolate's driver task, its ops, and the Durable
+//! Objects hosted in it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+use std::task::Waker;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cinder_core::{ActorError, InputLock};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use crate::durable::{DoEvent, DoReply, ObjectEntry};
 use crate::event::Event;
 use crate::host::HostInner;
 use crate::{Body, HostError};
@@ -19,27 +23,46 @@ pub(crate) type Chunk = Result<Bytes, std::io::Error>;
 /// Queue depth of a JS-produced body: JS waits once this many chunks are unread.
 pub(crate) const SINK_DEPTH: usize = 4;
 
+pub(crate) type ObjectReplyTx = oneshot::Sender<Result<DoReply, ActorError>>;
+
 pub(crate) enum Reply {
     Fetch(Option<oneshot::Sender<http::Response<Body>>>),
     Scheduled(Option<oneshot::Sender<Result<(), HostError>>>),
+    /// An event of a Durable Object hosted in this isolate.
+    Object(Option<ObjectReplyTx>),
 }
 
 pub(crate) struct InFlight {
     pub request_id: String,
     pub reply: Reply,
-    /// Thread CPU time spent in this isolate while the event was in flight.
+    /// Thread CPU time spent in this isolate on behalf of this event.
     pub cpu: Duration,
 }
 
 /// What the ops of one worker's isolates need from the outside world.
 pub(crate) struct WorkerCtx {
     pub spec: crate::WorkerSpec,
-    pub host: Weak<HostInner>,
+    /// Set once the host exists; ops reach other workers and Durable Objects through it.
+    pub host: Arc<OnceLock<Weak<HostInner>>>,
     pub fetch_client: Option<deno_fetch::Client>,
     pub allow_private_fetch: bool,
     /// Bytes of `Data` / `CompiledWasm` modules, by specifier, for the generated module code.
     pub module_data: Arc<std::sync::Mutex<HashMap<String, Bytes>>>,
+    /// `env.<binding>` → the core namespace (class unique key) it reaches. Ops refuse any other
+    /// namespace: a script reaches only the classes it is bound to.
+    pub do_namespaces: HashMap<String, String>,
 }
+
+impl WorkerCtx {
+    pub fn host(&self) -> Option<Arc<HostInner>> {
+        self.host.get().and_then(Weak::upgrade)
+    }
+}
+
+/// Why the isolate must be dropped, noticed outside its event loop (during a synchronous call
+/// into JS on behalf of a Durable Object).
+#[derive(Default)]
+pub(crate) struct PendingStop(pub Cell<Option<crate::event::Stop>>);
 
 pub(crate) struct IsolateState {
     pub worker: Arc<WorkerCtx>,
@@ -49,6 +72,25 @@ pub(crate) struct IsolateState {
     pub bodies: RefCell<HashMap<u32, Body>>,
     pub sinks: RefCell<HashMap<u32, mpsc::Sender<Chunk>>>,
     pub sink_receivers: RefCell<HashMap<u32, mpsc::Receiver<Chunk>>>,
+    /// Durable Objects living in this isolate, by handle.
+    pub objects: RefCell<HashMap<u32, Rc<ObjectEntry>>>,
+    /// Handles of objects dropped by the runtime whose JS instances are still to be forgotten.
+    pub dead_objects: RefCell<Vec<u32>>,
+    /// Object events handed to JS but not yet taken by it (`op_do_take`).
+    pub pending_events: RefCell<HashMap<u32, DoEvent>>,
+    /// Input-gate locks of storage reads whose results were delivered: released only once the
+    /// JS that consumed them has run (end of the event-loop turn), so no other event of the
+    /// object slips in between "read" and "act on what was read".
+    pub deferred_locks: RefCell<Vec<InputLock>>,
+    /// The driver task's waker: calls into JS made outside the event loop start ops that only
+    /// the driver polls.
+    pub waker: RefCell<Option<Waker>>,
+    pub stop: PendingStop,
+    /// Open `blockConcurrencyWhile` sections and `waitUntil` promises, by token: JS reports
+    /// how each ended.
+    pub critical_sections: RefCell<HashMap<u32, oneshot::Sender<Result<(), ActorError>>>>,
+    /// Open `transaction()` bodies, by token.
+    pub transactions: RefCell<HashMap<u32, crate::ops_do::TxnChannel>>,
 }
 
 impl IsolateState {
@@ -61,6 +103,14 @@ impl IsolateState {
             bodies: RefCell::new(HashMap::new()),
             sinks: RefCell::new(HashMap::new()),
             sink_receivers: RefCell::new(HashMap::new()),
+            objects: RefCell::new(HashMap::new()),
+            dead_objects: RefCell::new(Vec::new()),
+            pending_events: RefCell::new(HashMap::new()),
+            deferred_locks: RefCell::new(Vec::new()),
+            waker: RefCell::new(None),
+            stop: PendingStop::default(),
+            critical_sections: RefCell::new(HashMap::new()),
+            transactions: RefCell::new(HashMap::new()),
         }
     }
 
@@ -69,6 +119,24 @@ impl IsolateState {
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1).max(1));
         id
+    }
+
+    /// The object behind `handle`, if it is still alive in this isolate.
+    pub fn object(&self, handle: u32) -> Option<Rc<ObjectEntry>> {
+        self.objects.borrow().get(&handle).cloned()
+    }
+
+    /// Wakes the driver task so it polls ops started outside the event loop.
+    pub fn wake_driver(&self) {
+        if let Some(w) = self.waker.borrow().as_ref() {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Releases the input locks of reads whose results JS has now consumed.
+    pub fn release_deferred_locks(&self) {
+        let locks = std::mem::take(&mut *self.deferred_locks.borrow_mut());
+        drop(locks);
     }
 
     /// The worst-off event's remaining CPU budget.
@@ -81,16 +149,34 @@ impl IsolateState {
             .unwrap_or(limit)
     }
 
-    /// Charges a slice of CPU to the events in flight. Interleaved requests cannot be told
-    /// apart, so an ordinary slice is split evenly between them (a request parked on I/O is not
-    /// billed for its neighbours' work); the slice in which the watchdog fired is charged whole
-    /// to each, so the event that ran out is the one reported.
-    pub fn charge(&self, dt: Duration, whole: bool) {
+    /// Charges a slice of CPU. `to` names the events the slice ran for when known (a
+    /// synchronous call into JS for one event, or the events whose I/O completed in an
+    /// event-loop turn); otherwise the slice is split evenly between the events in flight. The
+    /// slice in which the watchdog fired is charged whole, so the event that ran out is the one
+    /// reported.
+    pub fn charge(&self, dt: Duration, to: &[u32], whole: bool) {
         let mut inflight = self.inflight.borrow_mut();
-        let n = inflight.len().max(1) as u32;
-        let share = if whole { dt } else { dt / n };
-        for f in inflight.values_mut() {
-            f.cpu += share;
+        let known: Vec<u32> = to
+            .iter()
+            .copied()
+            .filter(|id| inflight.contains_key(id))
+            .collect();
+        if whole {
+            for f in inflight.values_mut() {
+                f.cpu += dt;
+            }
+        } else if !known.is_empty() {
+            let share = dt / known.len() as u32;
+            for id in known {
+                if let Some(f) = inflight.get_mut(&id) {
+                    f.cpu += share;
+                }
+            }
+        } else {
+            let n = inflight.len().max(1) as u32;
+            for f in inflight.values_mut() {
+                f.cpu += dt / n;
+            }
         }
     }
 }

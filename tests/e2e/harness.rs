@@ -31,7 +31,7 @@ pub struct Server {
     child: Child,
     pub base: String,
     stderr: Arc<Mutex<String>>,
-    _state: tempfile::TempDir,
+    _state: Option<tempfile::TempDir>,
 }
 
 /// The process ended before it was ready.
@@ -52,13 +52,36 @@ impl Server {
         }
     }
 
+    /// Like [`Server::start`], with state kept in `state` (which outlives the server, for
+    /// restart tests).
+    pub fn start_in(state: &Path, args: &[&str]) -> Server {
+        match Server::try_start_with(Some(state), args) {
+            Ok(s) => s,
+            Err(f) => panic!(
+                "cinder dev {args:?} did not become ready (status {:?}); stderr:\n{}",
+                f.status, f.stderr
+            ),
+        }
+    }
+
     pub fn try_start(args: &[&str]) -> Result<Server, StartFailure> {
-        let state = tempfile::tempdir().expect("temp dir");
+        Server::try_start_with(None, args)
+    }
+
+    fn try_start_with(state_dir: Option<&Path>, args: &[&str]) -> Result<Server, StartFailure> {
+        let owned = match state_dir {
+            Some(_) => None,
+            None => Some(tempfile::tempdir().expect("temp dir")),
+        };
+        let state_path = state_dir
+            .map(Path::to_path_buf)
+            .or_else(|| owned.as_ref().map(|t| t.path().to_path_buf()))
+            .expect("a state directory");
         let mut child = cinder()
             .arg("dev")
             .args(args)
             .args(["--port", "0", "--persist-to"])
-            .arg(state.path())
+            .arg(&state_path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -93,7 +116,7 @@ impl Server {
                 child,
                 base,
                 stderr,
-                _state: state,
+                _state: owned,
             }),
             Err(_) => {
                 // Either the process exited (stdout closed) or the deadline passed.

@@ -7,6 +7,7 @@ mod harness;
 
 mod cli;
 mod config;
+mod durable;
 mod globals;
 mod hono;
 mod lifecycle;

@@ -39,3 +39,21 @@ fn missing_service_target_warns() {
     assert_eq!(server.get("/").status(), 500);
     assert_eq!(server.get("/").status(), 500);
 }
+
+#[test]
+fn rpc_to_worker_entrypoints_through_service_bindings() {
+    let front = fixture("services-rpc/front").join("wrangler.toml");
+    let back = fixture("services-rpc/back").join("wrangler.toml");
+    let server = Server::start(&["-c", front.to_str().unwrap(), "-c", back.to_str().unwrap()]);
+    assert_eq!(
+        server.get_json("/"),
+        serde_json::json!({
+            "add": 5,
+            "who": "back worker",
+            "fetch": "back fetch /path",
+            "admin": "admin entrypoint",
+            "callback": 42,
+            "failed": {"name": "RangeError", "message": "back failed", "remote": true},
+        })
+    );
+}
