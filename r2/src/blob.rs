@@ -53,6 +53,9 @@ struct Tracker {
 /// The blob directory of a node. Shared as `Arc<BlobStore>`.
 pub(crate) struct BlobStore {
     dir: PathBuf,
+    /// fsync bodies and directory entries before metadata points at them (off only for a
+    /// node whose durability is "survives a process crash": the page cache suffices).
+    fsync: bool,
     tracker: Mutex<Tracker>,
 }
 
@@ -204,7 +207,7 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 impl BlobStore {
     /// Opens (creating) the blob directory and its fan-out directories.
-    pub(crate) fn open(dir: &Path) -> io::Result<Arc<BlobStore>> {
+    pub(crate) fn open(dir: &Path, fsync: bool) -> io::Result<Arc<BlobStore>> {
         std::fs::create_dir_all(dir)?;
         let mut made = false;
         for b in 0..=255u8 {
@@ -219,6 +222,7 @@ impl BlobStore {
         }
         Ok(Arc::new(BlobStore {
             dir: dir.to_path_buf(),
+            fsync,
             tracker: Mutex::new(Tracker::default()),
         }))
     }
@@ -278,6 +282,7 @@ impl BlobStore {
         let pending = self.new_pending();
         let path = self.path(pending.id);
         let dir = self.sub_dir(pending.id);
+        let fsync = self.fsync;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
         // Hashing and writing run on a blocking thread: a 5 GB body is seconds of CPU and
         // disk time that must not stall the caller's runtime.
@@ -289,8 +294,10 @@ impl BlobStore {
                 if chunk.is_empty() {
                     // The end marker: everything arrived.
                     if let Some(f) = file.take() {
-                        f.sync_all()?;
-                        fsync_dir(&dir)?;
+                        if fsync {
+                            f.sync_all()?;
+                            fsync_dir(&dir)?;
+                        }
                     }
                     let extra = extra.map(|(a, h)| (a, h.finish()));
                     return Ok(Some((md5.finalize().into(), extra)));
@@ -367,8 +374,12 @@ impl BlobStore {
 
     /// New blobs sharing the contents of `ids` (hard links: blobs are immutable), durable
     /// before this returns. For copies.
-    pub(crate) async fn link(self: &Arc<Self>, ids: &[BlobId]) -> Result<Vec<PendingBlob>, R2Error> {
+    pub(crate) async fn link(
+        self: &Arc<Self>,
+        ids: &[BlobId],
+    ) -> Result<Vec<PendingBlob>, R2Error> {
         let mut out = Vec::with_capacity(ids.len());
+        let fsync = self.fsync;
         let mut jobs = Vec::with_capacity(ids.len());
         for &src in ids {
             let p = self.new_pending();
@@ -381,8 +392,10 @@ impl BlobStore {
                 std::fs::hard_link(&src, &dst)?;
                 dirs.insert(dir);
             }
-            for d in dirs {
-                fsync_dir(&d)?;
+            if fsync {
+                for d in dirs {
+                    fsync_dir(&d)?;
+                }
             }
             Ok(())
         })

@@ -30,11 +30,15 @@ use crate::types::{
 /// A command to a bucket object.
 pub(crate) enum Cmd {
     /// Marks the bucket as existing; `exclusive` fails if it already does.
-    Create { exclusive: bool },
+    Create {
+        exclusive: bool,
+    },
     /// Removes an empty bucket, aborting its uploads.
     DeleteBucket,
     Info,
-    Head { key: String },
+    Head {
+        key: String,
+    },
     Get {
         key: String,
         only_if: Option<Conditional>,
@@ -42,13 +46,18 @@ pub(crate) enum Cmd {
     },
     Put {
         key: String,
-        record: ObjectRecord,
+        record: Box<ObjectRecord>,
         segments: Vec<Segment>,
         only_if: Option<Conditional>,
     },
-    Delete { keys: Vec<String> },
+    Delete {
+        keys: Vec<String>,
+    },
     List(ListOptions),
-    CreateUpload { upload_id: String, record: UploadRecord },
+    CreateUpload {
+        upload_id: String,
+        record: UploadRecord,
+    },
     PutPart {
         key: String,
         upload_id: String,
@@ -61,16 +70,24 @@ pub(crate) enum Cmd {
         parts: Vec<UploadedPart>,
         version: String,
     },
-    Abort { key: String, upload_id: String },
+    Abort {
+        key: String,
+        upload_id: String,
+    },
     ListParts {
         key: String,
         upload_id: String,
         after: u32,
         max: u32,
     },
-    ListUploads { prefix: String, max: u32 },
+    ListUploads {
+        prefix: String,
+        max: u32,
+    },
     /// Blob ids referenced by records whose key sorts after `after` (start-up sweep).
-    Refs { after: Option<String> },
+    Refs {
+        after: Option<String>,
+    },
 }
 
 /// A bucket object's answer.
@@ -267,7 +284,7 @@ impl Ops<'_> {
                 record,
                 segments,
                 only_if,
-            } => self.put(key, record, segments, only_if),
+            } => self.put(key, *record, segments, only_if),
             Cmd::Delete { keys } => self.delete(keys),
             Cmd::List(opts) => self.list(opts),
             Cmd::CreateUpload { upload_id, record } => {
@@ -588,13 +605,7 @@ impl Ops<'_> {
             .filter(|u| u.key == key))
     }
 
-    fn put_part(
-        &mut self,
-        key: String,
-        upload_id: String,
-        n: u32,
-        part: PartRecord,
-    ) -> CmdResult {
+    fn put_part(&mut self, key: String, upload_id: String, n: u32, part: PartRecord) -> CmdResult {
         self.require_bucket()?;
         match self.upload(&key, &upload_id)? {
             Some(u) if u.state == UploadState::InProgress => {}
@@ -678,10 +689,7 @@ impl Ops<'_> {
             md5s.update(&digest);
             size += part.size;
             if let Some(id) = part.blob_id()? {
-                segments.push(Segment {
-                    id,
-                    len: part.size,
-                });
+                segments.push(Segment { id, len: part.size });
             }
         }
         let etag = format!("{}-{}", hex::encode(md5s.finalize()), chosen.len());
@@ -887,8 +895,7 @@ impl Actor for RegistryActor {
     }
 
     fn call(&self, payload: Payload) -> LocalBoxFuture<'_, Result<Payload, ActorError>> {
-        let result =
-            downcast::<RegCmd>(payload).map(|cmd| Box::new(self.run(cmd)) as Payload);
+        let result = downcast::<RegCmd>(payload).map(|cmd| Box::new(self.run(cmd)) as Payload);
         Box::pin(async move { result })
     }
 }

@@ -119,7 +119,9 @@ pub enum R2Error {
     #[error("There was a problem with the multipart upload.")]
     BadUpload,
     /// The body ended before the announced length, or went past it.
-    #[error("You did not provide the number of bytes specified by the Content-Length HTTP header.")]
+    #[error(
+        "You did not provide the number of bytes specified by the Content-Length HTTP header."
+    )]
     IncompleteBody,
     /// The body stream supplied by the caller failed; nothing was stored.
     #[error("reading the request body failed: {0}")]

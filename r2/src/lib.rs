@@ -46,5 +46,7 @@ pub mod types;
 
 pub use blob::SweepReport;
 pub use error::{BoxError, ChecksumAlgorithm, R2Error};
-pub use service::{Bucket, MultipartUpload, R2Engine, R2Service, BUCKET_NAMESPACE, REGISTRY_NAMESPACE};
+pub use service::{
+    Bucket, MultipartUpload, R2Engine, R2Service, BUCKET_NAMESPACE, REGISTRY_NAMESPACE,
+};
 pub use types::*;

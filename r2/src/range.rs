@@ -140,9 +140,15 @@ mod tests {
         };
         assert_eq!(resolve_spec(&s(Some(2), None, None), 10).ok(), Some((2, 8)));
         assert_eq!(resolve_spec(&s(None, Some(3), None), 10).ok(), Some((0, 3)));
-        assert_eq!(resolve_spec(&s(Some(8), Some(5), None), 10).ok(), Some((8, 2)));
+        assert_eq!(
+            resolve_spec(&s(Some(8), Some(5), None), 10).ok(),
+            Some((8, 2))
+        );
         assert_eq!(resolve_spec(&s(None, None, Some(4)), 10).ok(), Some((6, 4)));
-        assert_eq!(resolve_spec(&s(None, None, Some(40)), 10).ok(), Some((0, 10)));
+        assert_eq!(
+            resolve_spec(&s(None, None, Some(40)), 10).ok(),
+            Some((0, 10))
+        );
         assert!(resolve_spec(&s(Some(11), None, None), 10).is_err());
         assert!(resolve_spec(&s(Some(10), None, None), 10).is_err());
         assert!(resolve_spec(&s(None, None, Some(0)), 10).is_err());

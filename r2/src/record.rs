@@ -114,7 +114,12 @@ impl ObjectRecord {
     pub(crate) fn inline_segments(&self) -> Result<Vec<Segment>, R2Error> {
         self.blobs
             .iter()
-            .map(|(id, len)| Ok(Segment { id: parse_blob(id)?, len: *len }))
+            .map(|(id, len)| {
+                Ok(Segment {
+                    id: parse_blob(id)?,
+                    len: *len,
+                })
+            })
             .collect()
     }
 

@@ -7,10 +7,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cinder_core::{IdFactory, Namespace, NamespaceSpec, ObjectError, Runtime, Stub};
+use cinder_storage::Durability;
 use futures::Stream;
 
 use crate::blob::{BlobStore, NewBlob, PendingBlob, Segment, SweepReport};
-use crate::bucket::{BucketActor, Cmd, CmdResult, GetReply, RegCmd, RegReply, RegistryActor, Reply};
+use crate::bucket::{
+    BucketActor, Cmd, CmdResult, GetReply, RegCmd, RegReply, RegistryActor, Reply,
+};
 use crate::error::{BoxError, ChecksumAlgorithm, R2Error};
 use crate::limits::{self, MAX_DELETE_KEYS, MAX_UPLOAD_BYTES};
 use crate::record::{ObjectRecord, PartRecord, UploadRecord, UploadState};
@@ -48,15 +51,25 @@ pub struct R2Engine {
 
 impl std::fmt::Debug for R2Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("R2Engine").field("blobs", &self.blobs).finish()
+        f.debug_struct("R2Engine")
+            .field("blobs", &self.blobs)
+            .finish()
     }
 }
 
 impl R2Engine {
-    /// Opens (or creates) the blob directory.
+    /// Opens (or creates) the blob directory, for a node whose store durability is `fsync`.
     pub fn open(blob_dir: &Path) -> Result<R2Engine, R2Error> {
+        Self::open_with(blob_dir, Durability::Fsync)
+    }
+
+    /// As [`R2Engine::open`], matching the node's durability. With [`Durability::Process`]
+    /// bodies are not fsync'd either: a process crash keeps the page cache, so nothing
+    /// acknowledged is lost; after a power loss a recent object may be lost or its body
+    /// truncated, as the metadata store itself may lose recent batches in that mode.
+    pub fn open_with(blob_dir: &Path, durability: Durability) -> Result<R2Engine, R2Error> {
         Ok(R2Engine {
-            blobs: BlobStore::open(blob_dir)?,
+            blobs: BlobStore::open(blob_dir, durability == Durability::Fsync)?,
         })
     }
 
@@ -69,7 +82,8 @@ impl R2Engine {
                 name: BUCKET_NAMESPACE.into(),
                 ids: IdFactory::from_unique_key(BUCKET_NAMESPACE),
                 factory: Arc::new(move |ctx| {
-                    Ok(Box::new(BucketActor::new(ctx, blobs.clone())) as Box<dyn cinder_core::Actor>)
+                    Ok(Box::new(BucketActor::new(ctx, blobs.clone()))
+                        as Box<dyn cinder_core::Actor>)
                 }),
             },
             NamespaceSpec {
@@ -88,7 +102,9 @@ impl R2Engine {
     pub async fn start(self, runtime: &Runtime) -> Result<R2Service, R2Error> {
         let not_registered =
             || R2Error::internal("the R2 namespaces were not registered with the runtime");
-        let buckets = runtime.namespace(BUCKET_NAMESPACE).ok_or_else(not_registered)?;
+        let buckets = runtime
+            .namespace(BUCKET_NAMESPACE)
+            .ok_or_else(not_registered)?;
         let registry = runtime
             .namespace(REGISTRY_NAMESPACE)
             .ok_or_else(not_registered)?
@@ -102,7 +118,11 @@ impl R2Engine {
         };
         let report = svc.sweep_orphans().await?;
         if report.removed > 0 {
-            tracing::info!(removed = report.removed, kept = report.kept, "R2: orphaned blobs deleted");
+            tracing::info!(
+                removed = report.removed,
+                kept = report.kept,
+                "R2: orphaned blobs deleted"
+            );
         }
         Ok(svc)
     }
@@ -182,8 +202,7 @@ impl R2Service {
     /// Creates bucket `name` unless it exists (a wrangler `r2_buckets` binding's bucket, made
     /// at start-up). Names are checked loosely: 1–255 bytes, no `/` or control characters.
     pub async fn ensure_bucket(&self, name: &str) -> Result<(), R2Error> {
-        if name.is_empty() || name.len() > 255 || name.chars().any(|c| c == '/' || c.is_control())
-        {
+        if name.is_empty() || name.len() > 255 || name.chars().any(|c| c == '/' || c.is_control()) {
             return Err(R2Error::InvalidBucketName);
         }
         self.create(name, false).await
@@ -337,7 +356,12 @@ impl Bucket {
     /// `head(key)`.
     pub async fn head(&self, key: &str) -> Result<Option<R2Object>, R2Error> {
         limits::check_key(key)?;
-        match self.call(Cmd::Head { key: key.to_owned() }).await?? {
+        match self
+            .call(Cmd::Head {
+                key: key.to_owned(),
+            })
+            .await??
+        {
             Reply::Head(o) => Ok(o),
             _ => Err(unexpected()),
         }
@@ -441,11 +465,12 @@ impl Bucket {
         };
         let cmd = Cmd::Put {
             key: key.to_owned(),
-            record,
+            record: Box::new(record),
             segments,
             only_if: opts.only_if,
         };
-        self.finish_put(cmd, blob.pending.into_iter().collect()).await
+        self.finish_put(cmd, blob.pending.into_iter().collect())
+            .await
     }
 
     async fn finish_put(
@@ -475,7 +500,12 @@ impl Bucket {
         for k in keys {
             limits::check_key(k)?;
         }
-        match self.call(Cmd::Delete { keys: keys.to_vec() }).await?? {
+        match self
+            .call(Cmd::Delete {
+                keys: keys.to_vec(),
+            })
+            .await??
+        {
             Reply::Released(ids) => {
                 self.svc.inner.blobs.release(ids);
                 Ok(())
@@ -528,11 +558,18 @@ impl Bucket {
         let new_segments = links
             .iter()
             .zip(&segments)
-            .map(|(p, s)| Segment { id: p.id(), len: s.len })
+            .map(|(p, s)| Segment {
+                id: p.id(),
+                len: s.len,
+            })
             .collect();
         let (http, custom, storage_class) = match opts.replace_metadata {
             Some(m) => (m.http_metadata, m.custom_metadata, m.storage_class),
-            None => (object.http_metadata, object.custom_metadata, object.storage_class),
+            None => (
+                object.http_metadata,
+                object.custom_metadata,
+                object.storage_class,
+            ),
         };
         let record = ObjectRecord {
             version: random_hex(),
@@ -548,7 +585,7 @@ impl Bucket {
         };
         let cmd = Cmd::Put {
             key: key.to_owned(),
-            record,
+            record: Box::new(record),
             segments: new_segments,
             only_if: None,
         };

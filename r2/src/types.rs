@@ -32,11 +32,7 @@ impl HttpMetadata {
     /// S3 puts): Content-Type, Content-Language, Content-Disposition, Content-Encoding,
     /// Cache-Control, Expires. An unparsable `Expires` is ignored, as R2 does.
     pub fn from_headers(h: &http::HeaderMap) -> HttpMetadata {
-        let get = |name: &str| {
-            h.get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         HttpMetadata {
             content_type: get("content-type"),
             content_language: get("content-language"),

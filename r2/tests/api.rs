@@ -108,11 +108,18 @@ async fn put_head_get_round_trip_with_metadata() {
     assert_eq!(put.checksums.md5.as_deref(), Some(put.etag.as_str()));
     assert_eq!(put.version.len(), 32);
     assert_eq!(put.storage_class, StorageClass::Standard);
-    let head = b.head("dir/hello.txt").await.expect("head").expect("exists");
+    let head = b
+        .head("dir/hello.txt")
+        .await
+        .expect("head")
+        .expect("exists");
     assert_eq!(head.http_metadata, http);
     assert_eq!(
         head.custom_metadata,
-        vec![("z".to_owned(), "1".to_owned()), ("a".to_owned(), "2".to_owned())]
+        vec![
+            ("z".to_owned(), "1".to_owned()),
+            ("a".to_owned(), "2".to_owned())
+        ]
     );
     assert_eq!(head.version, put.version);
     assert_eq!(head.uploaded, put.uploaded);
@@ -120,13 +127,27 @@ async fn put_head_get_round_trip_with_metadata() {
         .await
         .expect("found");
     assert_eq!(data, b"hello world");
-    assert_eq!(o.range, Some(ObjectRange { offset: 0, length: 11 }));
+    assert_eq!(
+        o.range,
+        Some(ObjectRange {
+            offset: 0,
+            length: 11
+        })
+    );
     assert!(b.head("missing").await.expect("head").is_none());
-    assert!(get_bytes(&b, "missing", GetOptions::default()).await.is_none());
+    assert!(get_bytes(&b, "missing", GetOptions::default())
+        .await
+        .is_none());
     // An empty object has no blob at all.
-    let e = b.put("empty", body(b""), PutOptions::default()).await.expect("put").expect("stored");
+    let e = b
+        .put("empty", body(b""), PutOptions::default())
+        .await
+        .expect("put")
+        .expect("stored");
     assert_eq!(e.etag, md5_hex(b""));
-    let (_, data) = get_bytes(&b, "empty", GetOptions::default()).await.expect("found");
+    let (_, data) = get_bytes(&b, "empty", GetOptions::default())
+        .await
+        .expect("found");
     assert!(data.is_empty());
     assert_eq!(blob_files(dir.path()), 1);
     stop(node).await;
@@ -181,33 +202,95 @@ async fn ranges_and_conditionals() {
     let node = start(dir.path()).await;
     node.r2.ensure_bucket("b").await.expect("bucket");
     let b = node.r2.bucket("b");
-    let o = b.put("k", body(b"0123456789"), PutOptions::default()).await.expect("put").expect("stored");
+    let o = b
+        .put("k", body(b"0123456789"), PutOptions::default())
+        .await
+        .expect("put")
+        .expect("stored");
     let range = |offset, length, suffix| GetOptions {
-        range: RangeRequest::Spec(RangeSpec { offset, length, suffix }),
+        range: RangeRequest::Spec(RangeSpec {
+            offset,
+            length,
+            suffix,
+        }),
         ..Default::default()
     };
-    let (r, d) = get_bytes(&b, "k", range(Some(2), Some(3), None)).await.expect("found");
+    let (r, d) = get_bytes(&b, "k", range(Some(2), Some(3), None))
+        .await
+        .expect("found");
     assert_eq!(d, b"234");
-    assert_eq!(r.range, Some(ObjectRange { offset: 2, length: 3 }));
-    assert_eq!(get_bytes(&b, "k", range(None, None, Some(4))).await.expect("found").1, b"6789");
-    assert_eq!(get_bytes(&b, "k", range(Some(7), None, None)).await.expect("found").1, b"789");
-    let err = b.get("k", range(Some(11), None, None)).await.expect_err("past the end");
+    assert_eq!(
+        r.range,
+        Some(ObjectRange {
+            offset: 2,
+            length: 3
+        })
+    );
+    assert_eq!(
+        get_bytes(&b, "k", range(None, None, Some(4)))
+            .await
+            .expect("found")
+            .1,
+        b"6789"
+    );
+    assert_eq!(
+        get_bytes(&b, "k", range(Some(7), None, None))
+            .await
+            .expect("found")
+            .1,
+        b"789"
+    );
+    let err = b
+        .get("k", range(Some(11), None, None))
+        .await
+        .expect_err("past the end");
     assert_eq!(err.code(), 10039);
     let header = |h: &str| GetOptions {
         range: RangeRequest::Header(h.into()),
         ..Default::default()
     };
-    assert_eq!(get_bytes(&b, "k", header("bytes=1-2")).await.expect("found").1, b"12");
+    assert_eq!(
+        get_bytes(&b, "k", header("bytes=1-2"))
+            .await
+            .expect("found")
+            .1,
+        b"12"
+    );
     // The binding gives the whole object for an unsatisfiable header range.
-    assert_eq!(get_bytes(&b, "k", header("bytes=50-")).await.expect("found").1, b"0123456789");
+    assert_eq!(
+        get_bytes(&b, "k", header("bytes=50-"))
+            .await
+            .expect("found")
+            .1,
+        b"0123456789"
+    );
 
     let cond = |c: Conditional| GetOptions {
         only_if: Some(c),
         ..Default::default()
     };
     let strong = |e: &str| Some(vec![EtagCondition::Strong(e.to_owned())]);
-    assert!(get_bytes(&b, "k", cond(Conditional { etag_matches: strong(&o.etag), ..Default::default() })).await.is_some());
-    match b.get("k", cond(Conditional { etag_matches: strong("nope"), ..Default::default() })).await.expect("get") {
+    assert!(get_bytes(
+        &b,
+        "k",
+        cond(Conditional {
+            etag_matches: strong(&o.etag),
+            ..Default::default()
+        })
+    )
+    .await
+    .is_some());
+    match b
+        .get(
+            "k",
+            cond(Conditional {
+                etag_matches: strong("nope"),
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("get")
+    {
         GetResult::PreconditionFailed(p) => assert_eq!(p.etag, o.etag),
         other => panic!("expected a precondition failure, got {other:?}"),
     }
@@ -216,7 +299,10 @@ async fn ranges_and_conditionals() {
         seconds_granularity: true,
         ..Default::default()
     };
-    assert!(matches!(b.get("k", cond(after)).await.expect("get"), GetResult::PreconditionFailed(_)));
+    assert!(matches!(
+        b.get("k", cond(after)).await.expect("get"),
+        GetResult::PreconditionFailed(_)
+    ));
     let before = Conditional {
         uploaded_before: Some(o.uploaded + 2000),
         ..Default::default()
@@ -228,13 +314,33 @@ async fn ranges_and_conditionals() {
     h.insert("if-none-match", http::HeaderValue::from_static("*"));
     let only_if = Conditional::from_headers(&h);
     let refused = b
-        .put("k", body(b"other"), PutOptions { only_if: only_if.clone(), ..Default::default() })
+        .put(
+            "k",
+            body(b"other"),
+            PutOptions {
+                only_if: only_if.clone(),
+                ..Default::default()
+            },
+        )
         .await
         .expect("put");
     assert!(refused.is_none());
-    assert_eq!(get_bytes(&b, "k", GetOptions::default()).await.expect("found").1, b"0123456789");
+    assert_eq!(
+        get_bytes(&b, "k", GetOptions::default())
+            .await
+            .expect("found")
+            .1,
+        b"0123456789"
+    );
     assert!(b
-        .put("new", body(b"x"), PutOptions { only_if, ..Default::default() })
+        .put(
+            "new",
+            body(b"x"),
+            PutOptions {
+                only_if,
+                ..Default::default()
+            }
+        )
         .await
         .expect("put")
         .is_some());
@@ -245,7 +351,10 @@ async fn ranges_and_conditionals() {
         seconds_granularity: true,
         ..Default::default()
     };
-    assert_eq!(c.evaluate(Some((&o.etag, o.uploaded))), ConditionOutcome::Pass);
+    assert_eq!(
+        c.evaluate(Some((&o.etag, o.uploaded))),
+        ConditionOutcome::Pass
+    );
     stop(node).await;
 }
 
@@ -266,10 +375,14 @@ async fn list_prefix_delimiter_and_cursors() {
     }
     keys.push("tree/top".into());
     for k in &keys {
-        b.put(k, body(k.as_bytes()), PutOptions {
-            custom_metadata: vec![("k".into(), k.clone())],
-            ..Default::default()
-        })
+        b.put(
+            k,
+            body(k.as_bytes()),
+            PutOptions {
+                custom_metadata: vec![("k".into(), k.clone())],
+                ..Default::default()
+            },
+        )
         .await
         .expect("put");
     }
@@ -305,9 +418,15 @@ async fn list_prefix_delimiter_and_cursors() {
         })
         .await
         .expect("list");
-    assert_eq!(all.delimited_prefixes, vec!["tree/a/", "tree/b/", "tree/c/"]);
+    assert_eq!(
+        all.delimited_prefixes,
+        vec!["tree/a/", "tree/b/", "tree/c/"]
+    );
     assert_eq!(all.objects.len(), 1);
-    assert_eq!(all.objects[0].custom_metadata, vec![("k".to_owned(), "tree/top".to_owned())]);
+    assert_eq!(
+        all.objects[0].custom_metadata,
+        vec![("k".to_owned(), "tree/top".to_owned())]
+    );
     let p1 = b
         .list(ListOptions {
             prefix: Some("tree/".into()),
@@ -331,7 +450,13 @@ async fn list_prefix_delimiter_and_cursors() {
         .expect("list");
     assert!(!p2.truncated);
     assert_eq!(p2.delimited_prefixes, vec!["tree/c/"]);
-    assert_eq!(p2.objects.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), vec!["tree/top"]);
+    assert_eq!(
+        p2.objects
+            .iter()
+            .map(|o| o.key.as_str())
+            .collect::<Vec<_>>(),
+        vec!["tree/top"]
+    );
     let sa = b
         .list(ListOptions {
             start_after: Some("flat/22".into()),
@@ -340,10 +465,25 @@ async fn list_prefix_delimiter_and_cursors() {
         })
         .await
         .expect("list");
-    assert_eq!(sa.objects.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), vec!["flat/23", "flat/24", "tree/a/0"]);
+    assert_eq!(
+        sa.objects
+            .iter()
+            .map(|o| o.key.as_str())
+            .collect::<Vec<_>>(),
+        vec!["flat/23", "flat/24", "tree/a/0"]
+    );
     for bad in [0, 1001] {
-        let e = b.list(ListOptions { limit: Some(bad), ..Default::default() }).await.expect_err("limit");
-        assert_eq!(e.binding_message("list"), "list: MaxKeys params must be positive integer <= 1000. (10022)");
+        let e = b
+            .list(ListOptions {
+                limit: Some(bad),
+                ..Default::default()
+            })
+            .await
+            .expect_err("limit");
+        assert_eq!(
+            e.binding_message("list"),
+            "list: MaxKeys params must be positive integer <= 1000. (10022)"
+        );
     }
     stop(node).await;
 }
@@ -370,20 +510,40 @@ async fn multipart_upload_lifecycle() {
         .expect("create");
     // Out of order, and part 2 uploaded twice (the second replaces the first).
     let u3 = up.upload_part(3, body(&p3), None).await.expect("part 3");
-    let _ = up.upload_part(2, body(&p1), None).await.expect("part 2, first");
+    let _ = up
+        .upload_part(2, body(&p1), None)
+        .await
+        .expect("part 2, first");
     let u2 = up.upload_part(2, body(&p2), None).await.expect("part 2");
     let u1 = up.upload_part(1, body(&p1), None).await.expect("part 1");
     assert_eq!(u1.etag, md5_hex(&p1));
     let parts = up.list_parts(0, 2).await.expect("list parts");
-    assert_eq!(parts.parts.iter().map(|p| p.part_number).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        parts
+            .parts
+            .iter()
+            .map(|p| p.part_number)
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     assert!(parts.truncated);
     // A wrong etag and a too-small middle part are refused.
     let bad = up
-        .complete(vec![u1.clone(), UploadedPart { part_number: 2, etag: "0".repeat(32) }, u3.clone()])
+        .complete(vec![
+            u1.clone(),
+            UploadedPart {
+                part_number: 2,
+                etag: "0".repeat(32),
+            },
+            u3.clone(),
+        ])
         .await
         .expect_err("wrong etag");
     assert_eq!(bad.code(), 10025);
-    let small = up.complete(vec![u3.clone(), u1.clone()]).await.expect_err("small middle");
+    let small = up
+        .complete(vec![u3.clone(), u1.clone()])
+        .await
+        .expect_err("small middle");
     assert_eq!(small.code(), 10011);
     let resumed = b.resume_multipart_upload("big", up.upload_id());
     let o = resumed.complete(vec![u1, u2, u3]).await.expect("complete");
@@ -393,11 +553,17 @@ async fn multipart_upload_lifecycle() {
     let mut whole = p1.clone();
     whole.extend_from_slice(&p2);
     whole.extend_from_slice(&p3);
-    let (head, data) = get_bytes(&b, "big", GetOptions::default()).await.expect("found");
+    let (head, data) = get_bytes(&b, "big", GetOptions::default())
+        .await
+        .expect("found");
     assert_eq!(head.custom_metadata, vec![("m".to_owned(), "v".to_owned())]);
     assert!(data == whole, "multipart body differs");
     let spanning = GetOptions {
-        range: RangeRequest::Spec(RangeSpec { offset: Some(5 * MIB as u64 - 3), length: Some(6), suffix: None }),
+        range: RangeRequest::Spec(RangeSpec {
+            offset: Some(5 * MIB as u64 - 3),
+            length: Some(6),
+            suffix: None,
+        }),
         ..Default::default()
     };
     let (_, d) = get_bytes(&b, "big", spanning).await.expect("found");
@@ -405,13 +571,26 @@ async fn multipart_upload_lifecycle() {
     // The replaced part 2 blob is gone: three part blobs remain.
     assert_eq!(blob_files(dir.path()), 3);
     // Aborted uploads drop their parts and refuse more.
-    let up2 = b.create_multipart_upload("gone", MultipartOptions::default()).await.expect("create");
+    let up2 = b
+        .create_multipart_upload("gone", MultipartOptions::default())
+        .await
+        .expect("create");
     up2.upload_part(1, body(b"abc"), None).await.expect("part");
     up2.abort().await.expect("abort");
     up2.abort().await.expect("abort twice is fine");
-    let e = up2.upload_part(2, body(b"x"), None).await.expect_err("aborted");
-    assert_eq!(e.binding_message("uploadPart"), "uploadPart: The specified multipart upload does not exist. (10024)");
-    let e = b.resume_multipart_upload("big", "nonsense").upload_part(1, body(b"x"), None).await.expect_err("bad id");
+    let e = up2
+        .upload_part(2, body(b"x"), None)
+        .await
+        .expect_err("aborted");
+    assert_eq!(
+        e.binding_message("uploadPart"),
+        "uploadPart: The specified multipart upload does not exist. (10024)"
+    );
+    let e = b
+        .resume_multipart_upload("big", "nonsense")
+        .upload_part(1, body(b"x"), None)
+        .await
+        .expect_err("bad id");
     assert_eq!(e.code(), 10024);
     assert_eq!(blob_files(dir.path()), 3);
     // Overwriting and deleting free the blobs.
@@ -425,32 +604,80 @@ async fn limits_and_buckets() {
     let dir = tempfile::tempdir().expect("tmp");
     let node = start(dir.path()).await;
     let r2 = &node.r2;
-    assert_eq!(r2.create_bucket("Bad_Name").await.expect_err("name").code(), 10005);
+    assert_eq!(
+        r2.create_bucket("Bad_Name").await.expect_err("name").code(),
+        10005
+    );
     r2.create_bucket("one").await.expect("create");
-    assert!(matches!(r2.create_bucket("one").await, Err(R2Error::BucketAlreadyExists)));
+    assert!(matches!(
+        r2.create_bucket("one").await,
+        Err(R2Error::BucketAlreadyExists)
+    ));
     r2.ensure_bucket("one").await.expect("ensure is idempotent");
     r2.create_bucket("two").await.expect("create");
-    let names: Vec<String> = r2.list_buckets().await.expect("list").into_iter().map(|b| b.name).collect();
+    let names: Vec<String> = r2
+        .list_buckets()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
     assert_eq!(names, vec!["one", "two"]);
     let b = r2.bucket("one");
     let long = "k".repeat(1025);
-    let e = b.put(&long, body(b"x"), PutOptions::default()).await.expect_err("long key");
-    assert_eq!(e.binding_message("put"), "put: The specified object name is not valid. (10020)");
-    b.put(&"k".repeat(1024), body(b"x"), PutOptions::default()).await.expect("1024-byte key");
+    let e = b
+        .put(&long, body(b"x"), PutOptions::default())
+        .await
+        .expect_err("long key");
+    assert_eq!(
+        e.binding_message("put"),
+        "put: The specified object name is not valid. (10020)"
+    );
+    b.put(&"k".repeat(1024), body(b"x"), PutOptions::default())
+        .await
+        .expect("1024-byte key");
     let meta = vec![("m".to_owned(), "v".repeat(8192))];
-    let e = b.put("m", body(b"x"), PutOptions { custom_metadata: meta, ..Default::default() }).await.expect_err("meta");
-    assert_eq!(e.binding_message("put"), "put: Your metadata headers exceed the maximum allowed metadata size. (10012)");
-    assert!(matches!(r2.delete_bucket("one").await, Err(R2Error::BucketNotEmpty)));
+    let e = b
+        .put(
+            "m",
+            body(b"x"),
+            PutOptions {
+                custom_metadata: meta,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("meta");
+    assert_eq!(
+        e.binding_message("put"),
+        "put: Your metadata headers exceed the maximum allowed metadata size. (10012)"
+    );
+    assert!(matches!(
+        r2.delete_bucket("one").await,
+        Err(R2Error::BucketNotEmpty)
+    ));
     b.delete(&["k".repeat(1024)]).await.expect("delete");
     // An upload in progress does not keep a bucket alive.
-    let up = b.create_multipart_upload("u", MultipartOptions::default()).await.expect("create");
+    let up = b
+        .create_multipart_upload("u", MultipartOptions::default())
+        .await
+        .expect("create");
     up.upload_part(1, body(b"part"), None).await.expect("part");
     r2.delete_bucket("one").await.expect("delete empty bucket");
     assert_eq!(blob_files(dir.path()), 0);
     assert!(matches!(b.head("x").await, Err(R2Error::NoSuchBucket)));
-    assert!(matches!(b.put("x", body(b"x"), PutOptions::default()).await, Err(R2Error::NoSuchBucket)));
+    assert!(matches!(
+        b.put("x", body(b"x"), PutOptions::default()).await,
+        Err(R2Error::NoSuchBucket)
+    ));
     assert_eq!(blob_files(dir.path()), 0, "a refused put keeps no blob");
-    let names: Vec<String> = r2.list_buckets().await.expect("list").into_iter().map(|b| b.name).collect();
+    let names: Vec<String> = r2
+        .list_buckets()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
     assert_eq!(names, vec!["two"]);
     stop(node).await;
 }
@@ -463,35 +690,68 @@ async fn readers_keep_deleted_bodies_and_copies_share_them() {
     node.r2.ensure_bucket("c").await.expect("bucket");
     let b = node.r2.bucket("b");
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
-    b.put("k", body(&data), PutOptions::default()).await.expect("put");
+    b.put("k", body(&data), PutOptions::default())
+        .await
+        .expect("put");
     let GetResult::Found(reading) = b.get("k", GetOptions::default()).await.expect("get") else {
         panic!("object missing");
     };
-    b.delete(&["k".to_owned()]).await.expect("delete while reading");
-    assert_eq!(blob_files(dir.path()), 1, "the body outlives its object while read");
+    b.delete(&["k".to_owned()])
+        .await
+        .expect("delete while reading");
+    assert_eq!(
+        blob_files(dir.path()),
+        1,
+        "the body outlives its object while read"
+    );
     assert!(read(reading.body).await == data);
-    assert_eq!(blob_files(dir.path()), 0, "and goes once the reader is done");
+    assert_eq!(
+        blob_files(dir.path()),
+        0,
+        "and goes once the reader is done"
+    );
 
-    b.put("src", body(&data), PutOptions {
-        custom_metadata: vec![("a".into(), "1".into())],
-        ..Default::default()
-    })
+    b.put(
+        "src",
+        body(&data),
+        PutOptions {
+            custom_metadata: vec![("a".into(), "1".into())],
+            ..Default::default()
+        },
+    )
     .await
     .expect("put");
     let c = node.r2.bucket("c");
-    let copy = c.copy_from(&b, "src", "dst", CopyOptions::default()).await.expect("copy");
+    let copy = c
+        .copy_from(&b, "src", "dst", CopyOptions::default())
+        .await
+        .expect("copy");
     assert_eq!(copy.custom_metadata, vec![("a".to_owned(), "1".to_owned())]);
     let replaced = c
-        .copy_from(&b, "src", "dst2", CopyOptions {
-            replace_metadata: Some(MultipartOptions::default()),
-            ..Default::default()
-        })
+        .copy_from(
+            &b,
+            "src",
+            "dst2",
+            CopyOptions {
+                replace_metadata: Some(MultipartOptions::default()),
+                ..Default::default()
+            },
+        )
         .await
         .expect("copy");
     assert!(replaced.custom_metadata.is_empty());
     b.delete(&["src".to_owned()]).await.expect("delete source");
-    assert!(get_bytes(&c, "dst", GetOptions::default()).await.expect("copy").1 == data);
-    assert!(matches!(c.copy_from(&b, "src", "x", CopyOptions::default()).await, Err(R2Error::NoSuchKey)));
+    assert!(
+        get_bytes(&c, "dst", GetOptions::default())
+            .await
+            .expect("copy")
+            .1
+            == data
+    );
+    assert!(matches!(
+        c.copy_from(&b, "src", "x", CopyOptions::default()).await,
+        Err(R2Error::NoSuchKey)
+    ));
     stop(node).await;
 }
 
@@ -504,16 +764,37 @@ async fn restart_keeps_objects_and_sweeps_orphans() {
     // A large body arrives in many chunks and is never held whole.
     let chunks = (0..64u8).map(|i| Ok::<_, Infallible>(Bytes::from(vec![i; 1 << 20])));
     let o = b
-        .put("big", futures::stream::iter(chunks), PutOptions { expected_length: Some(64 << 20), ..Default::default() })
+        .put(
+            "big",
+            futures::stream::iter(chunks),
+            PutOptions {
+                expected_length: Some(64 << 20),
+                ..Default::default()
+            },
+        )
         .await
         .expect("put")
         .expect("stored");
-    b.put("small", body(b"s"), PutOptions::default()).await.expect("put");
-    let up = b.create_multipart_upload("mp", MultipartOptions::default()).await.expect("create");
-    up.upload_part(1, body(b"pending part"), None).await.expect("part");
+    b.put("small", body(b"s"), PutOptions::default())
+        .await
+        .expect("put");
+    let up = b
+        .create_multipart_upload("mp", MultipartOptions::default())
+        .await
+        .expect("create");
+    up.upload_part(1, body(b"pending part"), None)
+        .await
+        .expect("part");
     // A short body is refused when the length was announced.
     let e = b
-        .put("short", body(b"abc"), PutOptions { expected_length: Some(4), ..Default::default() })
+        .put(
+            "short",
+            body(b"abc"),
+            PutOptions {
+                expected_length: Some(4),
+                ..Default::default()
+            },
+        )
         .await
         .expect_err("short");
     assert!(matches!(e, R2Error::IncompleteBody));
@@ -524,9 +805,15 @@ async fn restart_keeps_objects_and_sweeps_orphans() {
     assert_eq!(blob_files(dir.path()), 4);
     let node = start(dir.path()).await;
     assert!(!stray.exists(), "the orphan was swept at start");
-    assert_eq!(blob_files(dir.path()), 3, "referenced blobs and upload parts stay");
+    assert_eq!(
+        blob_files(dir.path()),
+        3,
+        "referenced blobs and upload parts stay"
+    );
     let b = node.r2.bucket("b");
-    let (got, data) = get_bytes(&b, "big", GetOptions::default()).await.expect("survived");
+    let (got, data) = get_bytes(&b, "big", GetOptions::default())
+        .await
+        .expect("survived");
     assert_eq!(got.etag, o.etag);
     assert_eq!(md5_hex(&data), o.etag);
     let up = b.resume_multipart_upload("mp", up.upload_id());

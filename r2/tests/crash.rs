@@ -19,7 +19,11 @@ fn acked(path: &Path) -> usize {
 fn blob_files(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("blobs"))
         .expect("blobs")
-        .map(|d| std::fs::read_dir(d.expect("entry").path()).expect("sub").count())
+        .map(|d| {
+            std::fs::read_dir(d.expect("entry").path())
+                .expect("sub")
+                .count()
+        })
         .sum()
 }
 
@@ -46,13 +50,19 @@ fn kill_9_during_puts_loses_nothing_acknowledged() {
         let deadline = Instant::now() + Duration::from_secs(90);
         while acked(&acks) < target {
             assert!(Instant::now() < deadline, "round {round}: puts stalled");
-            assert!(writer.try_wait().expect("wait").is_none(), "round {round}: writer died early");
+            assert!(
+                writer.try_wait().expect("wait").is_none(),
+                "round {round}: writer died early"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         server.kill9();
         let deadline = Instant::now() + Duration::from_secs(60);
         while writer.try_wait().expect("wait").is_none() {
-            assert!(Instant::now() < deadline, "writer did not stop after the kill");
+            assert!(
+                Instant::now() < deadline,
+                "writer did not stop after the kill"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -80,5 +90,9 @@ fn kill_9_during_puts_loses_nothing_acknowledged() {
         .expect("object count");
     assert!(objects > 0);
     // Every object is non-empty, so exactly one blob each: anything more is an orphan.
-    assert_eq!(blob_files(&state), objects, "orphaned blobs survived the restart");
+    assert_eq!(
+        blob_files(&state),
+        objects,
+        "orphaned blobs survived the restart"
+    );
 }

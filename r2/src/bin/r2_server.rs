@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
 use cinder_r2::s3::{s3_router, Credentials, S3Config};
 use cinder_r2::R2Engine;
 use cinder_storage::{Durability, Store, StoreConfig};
+use clap::Parser;
 
 #[derive(Parser)]
 #[command(about = "Serve R2 buckets over the S3 API")]
@@ -65,13 +65,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             ..Default::default()
         },
     )?;
-    let engine = R2Engine::open(&args.dir.join("blobs"))?;
+    let engine = R2Engine::open_with(&args.dir.join("blobs"), durability)?;
     let mut cfg = cinder_core::RuntimeConfig::default();
     if let Some(t) = args.threads {
         cfg.threads = t;
     }
     let runtime = cinder_core::Runtime::start(store, cfg, engine.namespaces())?;
-    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let rt = runtime.clone();
     tokio.block_on(async move {
         let r2 = engine.start(&rt).await?;

@@ -90,7 +90,11 @@ fn sha_mismatch() -> S3Error {
 }
 
 /// Decodes and verifies the body of a request authorized as `auth`.
-pub(crate) fn decode(parts: &Parts, body: axum::body::Body, auth: &Authorized) -> Result<S3Body, S3Error> {
+pub(crate) fn decode(
+    parts: &Parts,
+    body: axum::body::Body,
+    auth: &Authorized,
+) -> Result<S3Body, S3Error> {
     let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
     let raw = body
         .into_data_stream()
@@ -100,7 +104,11 @@ pub(crate) fn decode(parts: &Parts, body: axum::body::Body, auth: &Authorized) -
         .headers
         .keys()
         .map(|k| k.as_str())
-        .find(|k| k.starts_with("x-amz-checksum-") && *k != "x-amz-checksum-type" && *k != "x-amz-checksum-algorithm")
+        .find(|k| {
+            k.starts_with("x-amz-checksum-")
+                && *k != "x-amz-checksum-type"
+                && *k != "x-amz-checksum-algorithm"
+        })
         .and_then(|k| {
             let value = header(k)?.to_owned();
             Some((k.to_owned(), ChecksumHasher::for_header(k)?, value))
@@ -291,10 +299,12 @@ impl Chunked {
             match std::mem::replace(&mut self.state, State::Done) {
                 State::Header => {
                     let line = self.line(MAX_LINE).await?;
-                    let line = std::str::from_utf8(&line).map_err(|_| bad_chunk("bad chunk header"))?;
+                    let line =
+                        std::str::from_utf8(&line).map_err(|_| bad_chunk("bad chunk header"))?;
                     let mut fields = line.split(';');
                     let size = fields.next().unwrap_or_default().trim();
-                    let size = u64::from_str_radix(size, 16).map_err(|_| bad_chunk("bad chunk size"))?;
+                    let size =
+                        u64::from_str_radix(size, 16).map_err(|_| bad_chunk("bad chunk size"))?;
                     let signature = fields
                         .find_map(|f| f.trim().strip_prefix("chunk-signature=").map(str::to_owned));
                     if size == 0 {
@@ -423,7 +433,11 @@ mod tests {
     use crate::s3::auth::{authorize, tests::aws_example};
 
     fn body_of(chunks: Vec<Vec<u8>>) -> axum::body::Body {
-        let s = futures::stream::iter(chunks.into_iter().map(|c| Ok::<_, std::io::Error>(Bytes::from(c))));
+        let s = futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, std::io::Error>(Bytes::from(c))),
+        );
         axum::body::Body::from_stream(s)
     }
 
@@ -449,7 +463,8 @@ mod tests {
     async fn documented_chunked_upload_decodes_in_any_split() {
         let (creds, parts, now) = aws_example();
         let auth = authorize(&creds, &parts, now).expect("documented request");
-        let body = documented_body("b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9");
+        let body =
+            documented_body("b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9");
         assert_eq!(body.len(), 66824);
         for split in [1usize, 7, 1000, 70000] {
             let chunks: Vec<Vec<u8>> = body.chunks(split).map(|c| c.to_vec()).collect();

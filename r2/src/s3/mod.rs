@@ -25,7 +25,7 @@ use axum::response::Response;
 use http::{HeaderValue, Method};
 use percent_encoding::percent_decode_str;
 
-pub use auth::Credentials;
+pub use auth::{presign_url, Credentials};
 pub use error::S3Error;
 
 use crate::service::R2Service;

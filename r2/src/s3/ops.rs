@@ -20,9 +20,8 @@ use super::{S3State, Target};
 use crate::error::{ChecksumAlgorithm, R2Error};
 use crate::time::{http_date, iso8601};
 use crate::types::{
-    Checksum, ConditionOutcome, Conditional, CopyOptions, GetOptions, GetResult,
-    HttpMetadata, ListOptions, MultipartOptions, PutOptions, R2Object, RangeRequest, StorageClass,
-    UploadedPart,
+    Checksum, ConditionOutcome, Conditional, CopyOptions, GetOptions, GetResult, HttpMetadata,
+    ListOptions, MultipartOptions, PutOptions, R2Object, RangeRequest, StorageClass, UploadedPart,
 };
 
 /// Largest XML request document read (CompleteMultipartUpload of 10,000 parts is ~1 MB).
@@ -65,7 +64,11 @@ pub(crate) async fn route(
     t: Target,
     body: S3Body,
 ) -> Result<Response, S3Error> {
-    let q = Query(query_pairs(parts.uri.query().unwrap_or("")).into_iter().collect());
+    let q = Query(
+        query_pairs(parts.uri.query().unwrap_or(""))
+            .into_iter()
+            .collect(),
+    );
     let m = &parts.method;
     let Some(bucket) = t.bucket else {
         return match *m {
@@ -75,10 +78,27 @@ pub(crate) async fn route(
     };
     let Some(key) = t.key else {
         const UNSUPPORTED: &[&str] = &[
-            "acl", "cors", "lifecycle", "policy", "tagging", "versioning", "website", "logging",
-            "notification", "replication", "encryption", "object-lock", "versions",
-            "accelerate", "requestPayment", "analytics", "inventory", "metrics", "ownershipControls",
-            "publicAccessBlock", "intelligent-tiering",
+            "acl",
+            "cors",
+            "lifecycle",
+            "policy",
+            "tagging",
+            "versioning",
+            "website",
+            "logging",
+            "notification",
+            "replication",
+            "encryption",
+            "object-lock",
+            "versions",
+            "accelerate",
+            "requestPayment",
+            "analytics",
+            "inventory",
+            "metrics",
+            "ownershipControls",
+            "publicAccessBlock",
+            "intelligent-tiering",
         ];
         if UNSUPPORTED.iter().any(|s| q.has(s)) {
             return Err(S3Error::not_implemented());
@@ -89,13 +109,24 @@ pub(crate) async fn route(
             Method::HEAD => head_bucket(st, &bucket).await,
             Method::GET if q.has("location") => location(st, &bucket).await,
             Method::GET if q.has("uploads") => list_uploads(st, &bucket, &q).await,
-            Method::GET if q.get("list-type") == Some("2") => list_objects(st, &bucket, &q, true).await,
+            Method::GET if q.get("list-type") == Some("2") => {
+                list_objects(st, &bucket, &q, true).await
+            }
             Method::GET => list_objects(st, &bucket, &q, false).await,
             Method::POST if q.has("delete") => delete_objects(st, &bucket, body).await,
             _ => Err(method_not_allowed()),
         };
     };
-    const UNSUPPORTED: &[&str] = &["acl", "tagging", "retention", "legal-hold", "torrent", "restore", "select", "attributes"];
+    const UNSUPPORTED: &[&str] = &[
+        "acl",
+        "tagging",
+        "retention",
+        "legal-hold",
+        "torrent",
+        "restore",
+        "select",
+        "attributes",
+    ];
     if UNSUPPORTED.iter().any(|s| q.has(s)) {
         return Err(S3Error::not_implemented());
     }
@@ -228,7 +259,12 @@ async fn location(st: &S3State, bucket: &str) -> Result<Response, S3Error> {
     ))
 }
 
-async fn list_objects(st: &S3State, bucket: &str, q: &Query, v2: bool) -> Result<Response, S3Error> {
+async fn list_objects(
+    st: &S3State,
+    bucket: &str,
+    q: &Query,
+    v2: bool,
+) -> Result<Response, S3Error> {
     let url = q.get("encoding-type") == Some("url");
     let enc = |s: &str| {
         if url {
@@ -243,7 +279,11 @@ async fn list_objects(st: &S3State, bucket: &str, q: &Query, v2: bool) -> Result
             .ok()
             .filter(|n| *n >= 0)
             .map(|n| n.min(1000) as u32)
-            .ok_or_else(|| S3Error::invalid_argument("Provided max-keys not an integer or within integer range"))?,
+            .ok_or_else(|| {
+                S3Error::invalid_argument(
+                    "Provided max-keys not an integer or within integer range",
+                )
+            })?,
         None => 1000,
     };
     let prefix = q.get("prefix").unwrap_or("").to_owned();
@@ -291,7 +331,10 @@ async fn list_objects(st: &S3State, bucket: &str, q: &Query, v2: bool) -> Result
     if url {
         b.push_str(&el("EncodingType", "url"));
     }
-    b.push_str(&el("IsTruncated", if result.truncated { "true" } else { "false" }));
+    b.push_str(&el(
+        "IsTruncated",
+        if result.truncated { "true" } else { "false" },
+    ));
     let prefixes: Vec<&String> = result
         .delimited_prefixes
         .iter()
@@ -338,7 +381,10 @@ async fn list_objects(st: &S3State, bucket: &str, q: &Query, v2: bool) -> Result
         b.push_str("</Contents>");
     }
     for p in prefixes {
-        b.push_str(&format!("<CommonPrefixes>{}</CommonPrefixes>", el("Prefix", &enc(p))));
+        b.push_str(&format!(
+            "<CommonPrefixes>{}</CommonPrefixes>",
+            el("Prefix", &enc(p))
+        ));
     }
     b.push_str("</ListBucketResult>");
     Ok(xml(StatusCode::OK, b))
@@ -391,7 +437,11 @@ fn object_headers(h: &mut HeaderMap, o: &R2Object) {
         }
     }
     if o.storage_class != StorageClass::Standard {
-        set(h, "x-amz-storage-class", storage_class_name(o.storage_class));
+        set(
+            h,
+            "x-amz-storage-class",
+            storage_class_name(o.storage_class),
+        );
     }
     if o.parts > 0 {
         set(h, "x-amz-mp-parts-count", &o.parts.to_string());
@@ -416,7 +466,13 @@ async fn get_object(
     let res = st
         .r2
         .bucket(bucket)
-        .get(key, GetOptions { only_if: only_if.clone(), range })
+        .get(
+            key,
+            GetOptions {
+                only_if: only_if.clone(),
+                range,
+            },
+        )
         .await
         .map_err(|e| with_key(e, bucket, key))?;
     let found = match res {
@@ -514,8 +570,11 @@ fn metadata_from(parts: &Parts) -> Result<MultipartOptions, S3Error> {
 /// The decoded body length the client announced.
 fn body_length(parts: &Parts) -> Result<Option<u64>, S3Error> {
     let v = header(parts, "x-amz-decoded-content-length").or_else(|| {
-        let chunked = header(parts, "x-amz-content-sha256").is_some_and(|v| v.starts_with("STREAMING-"));
-        (!chunked).then(|| header(parts, "content-length")).flatten()
+        let chunked =
+            header(parts, "x-amz-content-sha256").is_some_and(|v| v.starts_with("STREAMING-"));
+        (!chunked)
+            .then(|| header(parts, "content-length"))
+            .flatten()
     });
     match v {
         Some(v) => v
@@ -607,7 +666,10 @@ fn copy_conditions(parts: &Parts) -> Option<Conditional> {
         ("x-amz-copy-source-if-match", "if-match"),
         ("x-amz-copy-source-if-none-match", "if-none-match"),
         ("x-amz-copy-source-if-modified-since", "if-modified-since"),
-        ("x-amz-copy-source-if-unmodified-since", "if-unmodified-since"),
+        (
+            "x-amz-copy-source-if-unmodified-since",
+            "if-unmodified-since",
+        ),
     ] {
         if let Some(v) = parts.headers.get(from) {
             h.insert(to, v.clone());
@@ -627,20 +689,24 @@ async fn copy_object(
     let replace = match header(parts, "x-amz-metadata-directive") {
         None | Some("COPY") => false,
         Some("REPLACE") => true,
-        Some(_) => {
-            return Err(S3Error::invalid_argument(
-                "Unknown metadata directive.",
-            ))
-        }
+        Some(_) => return Err(S3Error::invalid_argument("Unknown metadata directive.")),
     };
-    if !replace && src_bucket == bucket && src_key == key && header(parts, "x-amz-storage-class").is_none() {
+    if !replace
+        && src_bucket == bucket
+        && src_key == key
+        && header(parts, "x-amz-storage-class").is_none()
+    {
         return Err(S3Error::invalid_request(
             "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
         ));
     }
     let opts = CopyOptions {
         source_only_if: copy_conditions(parts),
-        replace_metadata: if replace { Some(metadata_from(parts)?) } else { None },
+        replace_metadata: if replace {
+            Some(metadata_from(parts)?)
+        } else {
+            None
+        },
     };
     let o = st
         .r2
@@ -691,7 +757,9 @@ fn part_number(q: &Query) -> Result<u32, S3Error> {
         .and_then(|v| v.parse().ok())
         .filter(|n| (1..=crate::limits::MAX_PART_NUMBER).contains(n))
         .ok_or_else(|| {
-            S3Error::invalid_argument("Part number must be an integer between 1 and 10000, inclusive")
+            S3Error::invalid_argument(
+                "Part number must be an integer between 1 and 10000, inclusive",
+            )
         })
 }
 
@@ -707,31 +775,34 @@ fn check_md5(body: S3Body, want: Option<Checksum>) -> S3Body {
     };
     use md5::Digest;
     let state = (body, Some(md5::Md5::new()), want.digest);
-    Box::pin(futures::stream::unfold(state, |(mut body, mut h, want)| async move {
-        let hasher = h.as_mut()?;
-        match body.next().await {
-            Some(Ok(b)) => {
-                hasher.update(&b);
-                Some((Ok(b), (body, h, want)))
-            }
-            Some(Err(e)) => Some((Err(e), (body, None, want))),
-            None => {
-                let got = h.take()?.finalize();
-                if got.as_slice() == want.as_slice() {
-                    None
-                } else {
-                    Some((
-                        Err(S3Error::new(
-                            StatusCode::BAD_REQUEST,
-                            "BadDigest",
-                            "The Content-MD5 you specified did not match what we received.",
-                        )),
-                        (body, None, want),
-                    ))
+    Box::pin(futures::stream::unfold(
+        state,
+        |(mut body, mut h, want)| async move {
+            let hasher = h.as_mut()?;
+            match body.next().await {
+                Some(Ok(b)) => {
+                    hasher.update(&b);
+                    Some((Ok(b), (body, h, want)))
+                }
+                Some(Err(e)) => Some((Err(e), (body, None, want))),
+                None => {
+                    let got = h.take()?.finalize();
+                    if got.as_slice() == want.as_slice() {
+                        None
+                    } else {
+                        Some((
+                            Err(S3Error::new(
+                                StatusCode::BAD_REQUEST,
+                                "BadDigest",
+                                "The Content-MD5 you specified did not match what we received.",
+                            )),
+                            (body, None, want),
+                        ))
+                    }
                 }
             }
-        }
-    }))
+        },
+    ))
 }
 
 async fn upload_part(
@@ -743,7 +814,10 @@ async fn upload_part(
     body: S3Body,
 ) -> Result<Response, S3Error> {
     let n = part_number(q)?;
-    let up = st.r2.bucket(bucket).resume_multipart_upload(key, upload_id(q)?);
+    let up = st
+        .r2
+        .bucket(bucket)
+        .resume_multipart_upload(key, upload_id(q)?);
     let body = check_md5(body, content_md5(parts)?);
     let part = up
         .upload_part(n, body, body_length(parts)?)
@@ -786,7 +860,10 @@ async fn upload_part_copy(
         GetResult::PreconditionFailed(_) => return Err(R2Error::PreconditionFailed.into()),
     };
     let length = found.object.range.map(|r| r.length);
-    let up = st.r2.bucket(bucket).resume_multipart_upload(key, upload_id(q)?);
+    let up = st
+        .r2
+        .bucket(bucket)
+        .resume_multipart_upload(key, upload_id(q)?);
     let part = up
         .upload_part(n, found.body, length)
         .await
@@ -842,7 +919,12 @@ async fn complete_upload(
     ))
 }
 
-async fn abort_upload(st: &S3State, bucket: &str, key: &str, q: &Query) -> Result<Response, S3Error> {
+async fn abort_upload(
+    st: &S3State,
+    bucket: &str,
+    key: &str,
+    q: &Query,
+) -> Result<Response, S3Error> {
     st.r2
         .bucket(bucket)
         .resume_multipart_upload(key, upload_id(q)?)
@@ -854,8 +936,14 @@ async fn abort_upload(st: &S3State, bucket: &str, key: &str, q: &Query) -> Resul
 
 async fn list_parts(st: &S3State, bucket: &str, key: &str, q: &Query) -> Result<Response, S3Error> {
     let id = upload_id(q)?;
-    let after = q.get("part-number-marker").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let max = q.get("max-parts").and_then(|v| v.parse().ok()).unwrap_or(1000u32);
+    let after = q
+        .get("part-number-marker")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let max = q
+        .get("max-parts")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000u32);
     let list = st
         .r2
         .bucket(bucket)
@@ -872,7 +960,10 @@ async fn list_parts(st: &S3State, bucket: &str, key: &str, q: &Query) -> Result<
         b.push_str(&el("NextPartNumberMarker", &n.to_string()));
     }
     b.push_str(&el("MaxParts", &max.clamp(1, 1000).to_string()));
-    b.push_str(&el("IsTruncated", if list.truncated { "true" } else { "false" }));
+    b.push_str(&el(
+        "IsTruncated",
+        if list.truncated { "true" } else { "false" },
+    ));
     b.push_str("<StorageClass>STANDARD</StorageClass>");
     for p in list.parts {
         b.push_str(&format!(
@@ -889,7 +980,10 @@ async fn list_parts(st: &S3State, bucket: &str, key: &str, q: &Query) -> Result<
 
 async fn list_uploads(st: &S3State, bucket: &str, q: &Query) -> Result<Response, S3Error> {
     let prefix = q.get("prefix").unwrap_or("");
-    let max = q.get("max-uploads").and_then(|v| v.parse().ok()).unwrap_or(1000u32);
+    let max = q
+        .get("max-uploads")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000u32);
     let uploads = st
         .r2
         .bucket(bucket)

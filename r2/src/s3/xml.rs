@@ -35,12 +35,12 @@ pub(crate) fn el(name: &str, text: &str) -> String {
 pub(crate) const HEADER: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
 pub(crate) const NS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
 
+/// Child elements as `(name, text)` pairs.
+type Fields = Vec<(String, String)>;
+
 /// The records of a document: for each element named `record` (at any depth), the text of
 /// its direct children, as `(child name, text)` pairs; plus top-level leaves named in `flags`.
-fn records(
-    xml: &[u8],
-    record: &str,
-) -> Result<(Vec<Vec<(String, String)>>, Vec<(String, String)>), S3Error> {
+fn records(xml: &[u8], record: &str) -> Result<(Vec<Fields>, Fields), S3Error> {
     let mut reader = Reader::from_reader(xml);
     let mut buf = Vec::new();
     let mut out = Vec::new();
@@ -87,7 +87,8 @@ fn records(
             Ok(Event::GeneralRef(r)) => {
                 let name = r.decode().map_err(|_| S3Error::malformed_xml())?;
                 let entity = format!("&{name};");
-                let s = quick_xml::escape::unescape(&entity).map_err(|_| S3Error::malformed_xml())?;
+                let s =
+                    quick_xml::escape::unescape(&entity).map_err(|_| S3Error::malformed_xml())?;
                 text.push_str(&s);
             }
             Ok(Event::CData(t)) => text.push_str(&String::from_utf8_lossy(&t)),

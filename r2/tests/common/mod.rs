@@ -59,8 +59,8 @@ impl Server {
 
     /// `VmHWM` (peak resident set) and `VmRSS` of the server, in KiB.
     pub fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("/proc status");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
         let field = |name: &str| {
             status
                 .lines()
@@ -99,7 +99,9 @@ pub fn require_clients() {
 }
 
 pub fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/s3")
+        .join(name)
 }
 
 /// Runs a Python script from tests/s3 against `server`, with a deadline; returns stdout.
