@@ -821,3 +821,37 @@ async fn restart_keeps_objects_and_sweeps_orphans() {
     assert_eq!(parts.parts.len(), 1);
     stop(node).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_while_serving_spares_bodies_in_flight() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = start(dir.path()).await;
+    node.r2.ensure_bucket("b").await.expect("bucket");
+    let b = node.r2.bucket("b");
+    // A put whose body arrives in two halves, with a sweep run between them.
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Bytes, Infallible>>();
+    let writer = {
+        let b = b.clone();
+        tokio::spawn(async move { b.put("slow", rx, PutOptions::default()).await })
+    };
+    let half = vec![7u8; 1 << 20];
+    tx.unbounded_send(Ok(Bytes::from(half.clone()))).expect("send");
+    // Wait (with a deadline) until the body's file exists, i.e. the put is mid-write.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while blob_files(dir.path()) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the put never started writing");
+        tokio::task::yield_now().await;
+    }
+    let report = node.r2.sweep_orphans().await.expect("sweep");
+    assert_eq!(report.removed, 0, "a body being written was swept");
+    tx.unbounded_send(Ok(Bytes::from(half.clone()))).expect("send");
+    drop(tx);
+    let o = writer.await.expect("join").expect("put").expect("stored");
+    assert_eq!(o.size, 2 << 20);
+    let (_, data) = get_bytes(&b, "slow", GetOptions::default()).await.expect("found");
+    assert_eq!(data.len(), 2 << 20);
+    // With the put done, a sweep finds nothing to remove either.
+    assert_eq!(node.r2.sweep_orphans().await.expect("sweep").removed, 0);
+    assert_eq!(blob_files(dir.path()), 1);
+    stop(node).await;
+}
