@@ -489,7 +489,8 @@ fn written_length(path: &Path) -> Option<u64> {
 fn sync_loop(shared: &Shared, db: &Database, mode: PersistMode, journal: &mut JournalSync) {
     let mut st = shared.lock();
     loop {
-        if st.holds == 0 && (st.synced > st.durable || st.failed.is_some()) {
+        let failed_waiters = st.failed.is_some() && !st.waiters.is_empty();
+        if st.holds == 0 && (st.synced > st.durable || failed_waiters) {
             st.durable = st.durable.max(st.synced);
             shared.durable.store(st.durable, Ordering::SeqCst);
             let durable = st.durable;
@@ -503,11 +504,14 @@ fn sync_loop(shared: &Shared, db: &Database, mode: PersistMode, journal: &mut Jo
                     true
                 }
             });
+            // Woken outside the lock; then everything is checked again from the top, since
+            // anything may have happened while the lock was free.
             drop(st);
             for w in woken {
                 w.wake();
             }
             st = shared.lock();
+            continue;
         }
         shared.syncer_idle.store(true, Ordering::SeqCst);
         let target = shared.committed.load(Ordering::SeqCst);

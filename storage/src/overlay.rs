@@ -97,6 +97,7 @@ pub(crate) struct View<'a> {
 
 impl View<'_> {
     pub(crate) fn get(&self, suffix: &[u8], no_cache: bool) -> Result<Option<Bytes>, StorageError> {
+        self.store.check_failed()?;
         for l in self.layers {
             if let Some(v) = l.writes.get(suffix) {
                 return Ok(v.clone());
@@ -106,6 +107,7 @@ impl View<'_> {
     }
 
     pub(crate) fn alarm(&self) -> Result<Option<AlarmState>, StorageError> {
+        self.store.check_failed()?;
         for l in self.layers {
             if let Some(a) = l.alarm {
                 return Ok(a);
@@ -122,6 +124,7 @@ impl View<'_> {
         limit: Option<usize>,
         no_cache: bool,
     ) -> Result<Vec<(Vec<u8>, Bytes)>, StorageError> {
+        self.store.check_failed()?;
         let bounds = (r.lo.clone(), r.hi.clone());
         // Upper layers win: fold bottom-up.
         let mut overlay: BTreeMap<&[u8], &Option<Bytes>> = BTreeMap::new();
@@ -178,6 +181,7 @@ impl View<'_> {
     /// Suffixes of every key in `r` that exists below the layers' deletes: in fjall or put by
     /// one of the layers (for deleting a whole range).
     pub(crate) fn existing_keys(&self, r: &SuffixRange) -> Result<BTreeSet<Vec<u8>>, StorageError> {
+        self.store.check_failed()?;
         let full = |b: &Bound<Vec<u8>>| match b {
             Bound::Included(s) => Bound::Included(keys::full(self.id, s)),
             Bound::Excluded(s) => Bound::Excluded(keys::full(self.id, s)),

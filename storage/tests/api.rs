@@ -1,12 +1,13 @@
 //! Behaviour of the storage API through real fjall on disk: limits and their exact messages,
-//! durability confirmation, group commit, cache freshness, alarms, transactions.
+//! durability confirmation, group commit, cache freshness, alarms, transactions, prepared
+//! reads, and failing closed after injected faults.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use cinder_storage::{
-    Durability, ErrorKind, ListOptions, ObjectId, ReadOptions, Section, StorageError, Store,
-    StoreConfig, WriteOptions, ENFORCED_MAX_VALUE_BYTES,
+    Durability, ErrorKind, Fault, ListOptions, ObjectId, Prepared, ReadOptions, Section,
+    StorageError, Store, StoreConfig, WriteOptions, ENFORCED_MAX_VALUE_BYTES,
 };
 
 fn id(n: u8) -> ObjectId {
@@ -163,6 +164,8 @@ fn one_persist_confirms_a_whole_group() {
         })
         .collect();
     assert!(commits.iter().all(|c| !c.is_done()));
+    // All in fjall (the committer applies in order) before the syncer may run.
+    wait_applied(commits.last().unwrap());
     drop(hold);
     for c in commits {
         c.wait().unwrap();
@@ -468,4 +471,126 @@ fn concurrent_readers_never_see_a_value_older_than_a_finished_flush() {
     for r in readers {
         assert!(r.join().unwrap() > 0);
     }
+}
+
+#[test]
+fn a_commit_keeps_its_verdict_when_polled_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let o = store.object(id(1));
+    // Fail the store by pulling the journal away, then flush: the commit is refused at once.
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "jnl") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    o.put("a", b("1")).unwrap();
+    assert!(o.flush().unwrap().wait().is_err());
+    o.put("b", b("2")).unwrap();
+    let mut c = Box::pin(o.flush().unwrap());
+    let first = futures::executor::block_on(futures::future::poll_immediate(c.as_mut()));
+    assert!(matches!(first, Some(Err(_))), "{first:?}");
+    let second = futures::executor::block_on(futures::future::poll_immediate(c.as_mut()));
+    assert!(
+        matches!(second, Some(Err(_))),
+        "a failed commit answered {second:?} when polled again"
+    );
+}
+
+/// Once a commit or an fsync failed, nothing may be read any more: the failed batch is visible
+/// in fjall but may be lost, so the store fails closed until it is reopened.
+#[test]
+fn an_injected_failure_fails_the_store_closed() {
+    for fault in [Fault::CommitFails, Fault::SyncFails] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let (a, other) = (store.object(id(1)), store.object(id(2)));
+        a.put("k", b("durable")).unwrap();
+        a.flush().unwrap().wait().unwrap();
+        other.put("k", b("durable too")).unwrap();
+        other.flush().unwrap().wait().unwrap();
+
+        store.inject_fault(fault);
+        a.put("k", b("lost")).unwrap();
+        let e = a.flush().unwrap().wait().unwrap_err();
+        assert!(matches!(e, StorageError::Durability(_)), "{fault:?}: {e}");
+        assert!(e.to_string().contains("injected"), "{e}");
+        assert_eq!(store.failure(), Some(e.clone()));
+        // No reader sees the failed write, through any handle, cached or not...
+        for o in [&a, &store.object(id(1))] {
+            assert!(o.get("k").is_err(), "{fault:?}");
+            assert!(o.list(&ListOptions::default()).is_err());
+            assert!(o
+                .get_prepared("k", ReadOptions::default())
+                .run_here()
+                .is_err());
+        }
+        // ... nor anything else: every object's reads and writes fail.
+        assert!(other.get("k").is_err());
+        other.put("k", b("x")).unwrap();
+        assert!(other.flush().unwrap().wait().is_err());
+        assert!(store.alarms().is_err());
+        drop((a, other));
+        drop(store);
+
+        // Reopened, the store recovers from its journal: the durable writes are there.
+        let store = open(dir.path());
+        assert_eq!(
+            store.object(id(2)).get("k").unwrap(),
+            Some(b("durable too"))
+        );
+        let v = store.object(id(1)).get("k").unwrap();
+        // Written into the journal before the fault, so still there without a power cut.
+        assert!(v == Some(b("durable")) || v == Some(b("lost")), "{v:?}");
+    }
+}
+
+#[test]
+fn prepared_reads_answer_from_memory_or_read_cold_with_the_pending_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let o = store.object(id(4));
+    o.put("a", b("1")).unwrap();
+    o.put("b", b("2")).unwrap();
+    o.flush().unwrap().wait().unwrap();
+    let fresh = store.object(id(4));
+    // Not cached by this handle's reads yet, but the flush refreshed the cache: memory.
+    assert!(matches!(
+        fresh.get_prepared("a", ReadOptions::default()),
+        Prepared::Ready(Ok(Some(_)))
+    ));
+    // noCache must go to fjall.
+    let cold = fresh.get_prepared("a", ReadOptions { no_cache: true });
+    let Prepared::Cold(c) = cold else {
+        panic!("noCache read answered from memory")
+    };
+    assert_eq!(
+        std::thread::spawn(move || c.run()).join().unwrap().unwrap(),
+        Some(b("1"))
+    );
+    // A list sees the writes pending when it was prepared, whatever happens afterwards.
+    fresh.put("c", b("3")).unwrap();
+    fresh.delete("a").unwrap();
+    let list = fresh.list_prepared(&ListOptions::default());
+    fresh.put("d", b("4")).unwrap();
+    let got = list.run_here().unwrap();
+    let keys: Vec<_> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["b", "c"]);
+    let many = fresh
+        .get_many_prepared(
+            &["d".into(), "a".into(), "b".into()],
+            ReadOptions::default(),
+        )
+        .run_here()
+        .unwrap();
+    assert_eq!(
+        many,
+        vec![("b".to_string(), b("2")), ("d".to_string(), b("4"))]
+    );
+    // Limit errors come back at once, before any disk work.
+    assert!(matches!(
+        fresh.get_prepared(&"x".repeat(3000), ReadOptions::default()),
+        Prepared::Ready(Err(StorageError::KeyTooLarge { .. }))
+    ));
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cinder_storage::{
-    ErrorKind, ListOptions, ObjectId, ObjectStorage, Section, Store, StoreConfig, WriteOptions,
+    ErrorKind, ListOptions, ObjectId, ObjectStorage, ReadOptions, Section, Store, StoreConfig,
+    WriteOptions,
 };
 use proptest::prelude::*;
 
@@ -33,6 +34,9 @@ enum Op {
     Txn(usize, Vec<TxOp>, bool),
     TooBig(usize, u8),
     Flush,
+    /// Flush, then read the object while the committer may still be writing the batch (the
+    /// handle reads its in-flight layers), through the blocking and the prepared paths.
+    FlushThenRead(usize, ListOptions, String),
     Reopen,
 }
 
@@ -103,6 +107,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (o.clone(), prop::collection::vec(tx_op(), 0..6), any::<bool>()).prop_map(|(o, t, r)| Op::Txn(o, t, r)),
         1 => (o.clone(), 0u8..3).prop_map(|(o, w)| Op::TooBig(o, w)),
         3 => Just(Op::Flush),
+        2 => (o.clone(), list_opts(), key()).prop_map(|(o, l, k)| Op::FlushThenRead(o, l, k)),
         1 => Just(Op::Reopen),
     ]
 }
@@ -263,10 +268,10 @@ impl Harness {
                 assert_eq!(n, want);
             }
             Op::Get(i, k) => {
-                assert_eq!(
-                    self.objs[i].get(&k).unwrap(),
-                    self.current[i].kv.get(&k).cloned()
-                );
+                let want = self.current[i].kv.get(&k).cloned();
+                assert_eq!(self.objs[i].get(&k).unwrap(), want);
+                let prepared = self.objs[i].get_prepared(&k, ReadOptions::default());
+                assert_eq!(prepared.run_here().unwrap(), want);
             }
             Op::GetMany(i, ks) => {
                 let got = self.objs[i].get_many(&ks).unwrap();
@@ -274,14 +279,36 @@ impl Harness {
                     .iter()
                     .filter_map(|k| self.current[i].kv.get(k).map(|v| (k.clone(), v.clone())))
                     .collect();
-                assert_eq!(got, want.into_iter().collect::<Vec<_>>());
+                let want: Vec<_> = want.into_iter().collect();
+                assert_eq!(got, want);
+                let prepared = self.objs[i].get_many_prepared(&ks, ReadOptions::default());
+                assert_eq!(prepared.run_here().unwrap(), want);
             }
             Op::List(i, l) => {
+                let want = model_list(&self.current[i].kv, &l);
+                assert_eq!(self.objs[i].list(&l).unwrap(), want, "{l:?}");
+                let prepared = self.objs[i].list_prepared(&l).run_here().unwrap();
+                assert_eq!(prepared, want, "prepared {l:?}");
+            }
+            Op::FlushThenRead(i, l, k) => {
+                let commits: Vec<_> = self.objs.iter().filter_map(|o| o.flush()).collect();
+                let o = &self.objs[i];
+                let want = model_list(&self.current[i].kv, &l);
+                let cold = o.list_prepared(&l);
+                let point = o.get_prepared(&k, ReadOptions::default());
+                assert_eq!(o.list(&l).unwrap(), want, "in flight {l:?}");
+                assert_eq!(o.get(&k).unwrap(), self.current[i].kv.get(&k).cloned());
+                assert_eq!(o.get_alarm().unwrap(), self.current[i].alarm);
+                // Run after the batch may have landed: still the state it was prepared in.
+                for c in commits {
+                    c.wait().unwrap();
+                }
+                assert_eq!(cold.run_here().unwrap(), want, "prepared in flight {l:?}");
                 assert_eq!(
-                    self.objs[i].list(&l).unwrap(),
-                    model_list(&self.current[i].kv, &l),
-                    "{l:?}"
+                    point.run_here().unwrap(),
+                    self.current[i].kv.get(&k).cloned()
                 );
+                self.flushed = self.current.clone();
             }
             Op::DeleteAll(i) => {
                 self.objs[i].delete_all().unwrap();
