@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use cinder_core::{Actor, ActorContext, ActorError, Payload, Request, Response, WriteOptions};
+use cinder_core::{
+    Actor, ActorContext, ActorError, AlarmInfo, Payload, Request, Response, WriteOptions,
+};
 use cinder_storage::{ListOptions as StoreList, ObjectStorage, Section};
 use futures::future::LocalBoxFuture;
 use md5::Digest;
@@ -130,11 +132,28 @@ pub(crate) type CmdResult = Result<Reply, R2Error>;
 pub(crate) struct BucketActor {
     ctx: ActorContext,
     blobs: Arc<BlobStore>,
+    /// Uploads in progress are aborted this long after they began (R2: 7 days); finished
+    /// uploads' records are dropped then too.
+    upload_ttl_ms: i64,
 }
 
 impl BucketActor {
-    pub(crate) fn new(ctx: ActorContext, blobs: Arc<BlobStore>) -> BucketActor {
-        BucketActor { ctx, blobs }
+    pub(crate) fn new(ctx: ActorContext, blobs: Arc<BlobStore>, upload_ttl_ms: i64) -> Self {
+        BucketActor {
+            ctx,
+            blobs,
+            upload_ttl_ms,
+        }
+    }
+
+    fn ops(&self) -> Ops<'_> {
+        Ops {
+            raw: self.ctx.storage().raw().clone(),
+            blobs: &self.blobs,
+            wrote: false,
+            alarm: None,
+            upload_ttl_ms: self.upload_ttl_ms,
+        }
     }
 }
 
@@ -152,15 +171,25 @@ impl Actor for BucketActor {
 
     fn call(&self, payload: Payload) -> LocalBoxFuture<'_, Result<Payload, ActorError>> {
         let result = downcast::<Cmd>(payload).map(|cmd| {
-            let r: CmdResult = Ops {
-                raw: self.ctx.storage().raw().clone(),
-                blobs: &self.blobs,
-                wrote: false,
-            }
-            .run(cmd, &self.ctx);
+            let r: CmdResult = self.ops().run(cmd, &self.ctx);
             Box::new(r) as Payload
         });
         Box::pin(async move { result })
+    }
+
+    /// Expires old uploads: aborts those still in progress (their part blobs are deleted
+    /// once the abort is durable) and forgets finished ones; re-arms for the next expiry.
+    fn alarm(&self, _info: AlarmInfo) -> LocalBoxFuture<'_, Result<(), ActorError>> {
+        Box::pin(async move {
+            let mut ops = self.ops();
+            let released = ops
+                .expire_uploads(now_ms())
+                .map_err(|e| ActorError::new(e.to_string()))?;
+            ops.finish(&self.ctx);
+            self.ctx.storage().sync().await?;
+            self.blobs.release(released);
+            Ok(())
+        })
     }
 }
 
@@ -169,6 +198,9 @@ struct Ops<'a> {
     raw: ObjectStorage,
     blobs: &'a Arc<BlobStore>,
     wrote: bool,
+    /// An alarm to set once the command's writes are noted.
+    alarm: Option<i64>,
+    upload_ttl_ms: i64,
 }
 
 fn parse_blob_hex(s: &str) -> Result<BlobId, R2Error> {
@@ -252,10 +284,56 @@ fn later(a: Resume, b: Resume) -> Resume {
 impl Ops<'_> {
     fn run(mut self, cmd: Cmd, ctx: &ActorContext) -> CmdResult {
         let out = self.dispatch(cmd);
+        self.finish(ctx);
+        out
+    }
+
+    /// Joins this command's writes to the turn batch (and its output-gate lock).
+    fn finish(&mut self, ctx: &ActorContext) {
         if self.wrote {
             ctx.storage().note_raw_write(WriteOptions::default());
         }
-        out
+        if let Some(at) = self.alarm.take() {
+            if let Err(e) = ctx.storage().set_alarm(at) {
+                tracing::warn!(error = %e, "R2: cannot arm the upload expiry alarm");
+            }
+        }
+    }
+
+    /// Aborts uploads older than the TTL and drops finished ones; sets `alarm` to the next
+    /// expiry. Returns the blobs released.
+    fn expire_uploads(&mut self, now: i64) -> Result<Vec<BlobId>, R2Error> {
+        let mut released = Vec::new();
+        let mut next: Option<i64> = None;
+        for (k, v) in self.scan(record::UPLOAD_PREFIX, None, usize::MAX)? {
+            let u: UploadRecord = record::decode(&v)?;
+            let upload_id = &k[record::UPLOAD_PREFIX.len()..];
+            let expiry = u.created.saturating_add(self.upload_ttl_ms);
+            if expiry > now {
+                next = Some(next.map_or(expiry, |n| n.min(expiry)));
+                continue;
+            }
+            if u.state == UploadState::InProgress {
+                released.extend(self.drop_parts(upload_id)?);
+            }
+            self.delete_raw(&k);
+        }
+        self.alarm = next;
+        Ok(released)
+    }
+
+    /// Deletes an upload's part records; returns their blobs.
+    fn drop_parts(&mut self, upload_id: &str) -> Result<Vec<BlobId>, R2Error> {
+        let prefix = record::parts_prefix(upload_id);
+        let mut released = Vec::new();
+        for (_, v) in self.scan(&prefix, None, usize::MAX)? {
+            released.extend(record::decode::<PartRecord>(&v)?.blob_id()?);
+        }
+        let end = successor(&prefix).unwrap_or_default();
+        self.raw
+            .raw_delete_range(Section::Kv, prefix.as_bytes(), Some(end.as_bytes()))?;
+        self.wrote = true;
+        Ok(released)
     }
 
     fn dispatch(&mut self, cmd: Cmd) -> CmdResult {
@@ -289,6 +367,10 @@ impl Ops<'_> {
             Cmd::List(opts) => self.list(opts),
             Cmd::CreateUpload { upload_id, record } => {
                 self.require_bucket()?;
+                let expiry = record.created.saturating_add(self.upload_ttl_ms);
+                if self.raw.get_alarm()?.is_none_or(|a| a > expiry) {
+                    self.alarm = Some(expiry);
+                }
                 self.put_json(&record::upload_key(&upload_id), &record)?;
                 Ok(Reply::Done)
             }
@@ -733,15 +815,7 @@ impl Ops<'_> {
             // Aborting twice, or after completion, changes nothing (as on R2).
             return Ok(Reply::Released(Vec::new()));
         }
-        let prefix = record::parts_prefix(&upload_id);
-        let mut released = Vec::new();
-        for (_, v) in self.scan(&prefix, None, usize::MAX)? {
-            released.extend(record::decode::<PartRecord>(&v)?.blob_id()?);
-        }
-        let end = successor(&prefix).unwrap_or_default();
-        self.raw
-            .raw_delete_range(Section::Kv, prefix.as_bytes(), Some(end.as_bytes()))?;
-        self.wrote = true;
+        let released = self.drop_parts(&upload_id)?;
         upload.state = UploadState::Aborted;
         self.put_json(&record::upload_key(&upload_id), &upload)?;
         Ok(Reply::Released(released))

@@ -47,6 +47,7 @@ pub mod types;
 pub use blob::SweepReport;
 pub use error::{BoxError, ChecksumAlgorithm, R2Error};
 pub use service::{
-    Bucket, MultipartUpload, R2Engine, R2Service, BUCKET_NAMESPACE, REGISTRY_NAMESPACE,
+    Bucket, MultipartUpload, R2Engine, R2Service, BUCKET_NAMESPACE, DEFAULT_UPLOAD_TTL,
+    REGISTRY_NAMESPACE,
 };
 pub use types::*;

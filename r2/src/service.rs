@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use cinder_core::{IdFactory, Namespace, NamespaceSpec, ObjectError, Runtime, Stub};
@@ -47,7 +48,11 @@ fn random_hex() -> String {
 /// ```
 pub struct R2Engine {
     blobs: Arc<BlobStore>,
+    upload_ttl: Duration,
 }
+
+/// How long a multipart upload may stay incomplete before it is aborted (R2: 7 days).
+pub const DEFAULT_UPLOAD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl std::fmt::Debug for R2Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,19 +75,27 @@ impl R2Engine {
     pub fn open_with(blob_dir: &Path, durability: Durability) -> Result<R2Engine, R2Error> {
         Ok(R2Engine {
             blobs: BlobStore::open(blob_dir, durability == Durability::Fsync)?,
+            upload_ttl: DEFAULT_UPLOAD_TTL,
         })
+    }
+
+    /// Changes how long incomplete multipart uploads live ([`DEFAULT_UPLOAD_TTL`]); call
+    /// before [`R2Engine::namespaces`].
+    pub fn set_upload_ttl(&mut self, ttl: Duration) {
+        self.upload_ttl = ttl;
     }
 
     /// The internal namespaces ([`BUCKET_NAMESPACE`], [`REGISTRY_NAMESPACE`]) the host must
     /// pass to [`Runtime::start`] along with its own.
     pub fn namespaces(&self) -> Vec<NamespaceSpec> {
         let blobs = self.blobs.clone();
+        let ttl_ms = i64::try_from(self.upload_ttl.as_millis()).unwrap_or(i64::MAX);
         vec![
             NamespaceSpec {
                 name: BUCKET_NAMESPACE.into(),
                 ids: IdFactory::from_unique_key(BUCKET_NAMESPACE),
                 factory: Arc::new(move |ctx| {
-                    Ok(Box::new(BucketActor::new(ctx, blobs.clone()))
+                    Ok(Box::new(BucketActor::new(ctx, blobs.clone(), ttl_ms))
                         as Box<dyn cinder_core::Actor>)
                 }),
             },

@@ -835,23 +835,68 @@ async fn a_sweep_while_serving_spares_bodies_in_flight() {
         tokio::spawn(async move { b.put("slow", rx, PutOptions::default()).await })
     };
     let half = vec![7u8; 1 << 20];
-    tx.unbounded_send(Ok(Bytes::from(half.clone()))).expect("send");
+    tx.unbounded_send(Ok(Bytes::from(half.clone())))
+        .expect("send");
     // Wait (with a deadline) until the body's file exists, i.e. the put is mid-write.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while blob_files(dir.path()) == 0 {
-        assert!(std::time::Instant::now() < deadline, "the put never started writing");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the put never started writing"
+        );
         tokio::task::yield_now().await;
     }
     let report = node.r2.sweep_orphans().await.expect("sweep");
     assert_eq!(report.removed, 0, "a body being written was swept");
-    tx.unbounded_send(Ok(Bytes::from(half.clone()))).expect("send");
+    tx.unbounded_send(Ok(Bytes::from(half.clone())))
+        .expect("send");
     drop(tx);
     let o = writer.await.expect("join").expect("put").expect("stored");
     assert_eq!(o.size, 2 << 20);
-    let (_, data) = get_bytes(&b, "slow", GetOptions::default()).await.expect("found");
+    let (_, data) = get_bytes(&b, "slow", GetOptions::default())
+        .await
+        .expect("found");
     assert_eq!(data.len(), 2 << 20);
     // With the put done, a sweep finds nothing to remove either.
     assert_eq!(node.r2.sweep_orphans().await.expect("sweep").removed, 0);
     assert_eq!(blob_files(dir.path()), 1);
+    stop(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_uploads_expire() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(&dir.path().join("store"), StoreConfig::default()).expect("store");
+    let mut engine = R2Engine::open(&dir.path().join("blobs")).expect("blob dir");
+    engine.set_upload_ttl(std::time::Duration::from_millis(300));
+    let runtime = Runtime::start(store.clone(), RuntimeConfig::default(), engine.namespaces())
+        .expect("runtime");
+    let r2 = engine.start(&runtime).await.expect("start");
+    r2.ensure_bucket("b").await.expect("bucket");
+    let b = r2.bucket("b");
+    let up = b
+        .create_multipart_upload("k", MultipartOptions::default())
+        .await
+        .expect("create");
+    up.upload_part(1, body(b"abandoned"), None)
+        .await
+        .expect("part");
+    assert_eq!(blob_files(dir.path()), 1);
+    // The bucket's alarm aborts it; wait for that with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while blob_files(dir.path()) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload was never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let e = up.list_parts(0, 10).await.expect_err("expired");
+    assert_eq!(e.code(), 10024);
+    let node = Node {
+        runtime,
+        r2,
+        _store: store,
+    };
     stop(node).await;
 }
