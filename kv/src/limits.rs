@@ -36,6 +36,25 @@ pub fn check_key(op: &'static str, key: &str) -> Result<(), KvError> {
     }
 }
 
+/// The service's answer to a bulk `get` asked for a type other than `text` or `json` (the
+/// binding passes the type through; only it knows it).
+pub fn bulk_type_error(type_name: &str) -> KvError {
+    KvError::failed(
+        "GET_BULK",
+        400,
+        format!("\"{type_name}\" is not a valid type. Use \"json\" or \"text\""),
+    )
+}
+
+/// The service's answer to a bulk `get(keys, "json")` when a value is not JSON.
+pub fn bulk_not_json_error() -> KvError {
+    KvError::failed(
+        "GET_BULK",
+        400,
+        "At least one of the requested keys corresponds to a non-json value",
+    )
+}
+
 /// The service's check of a key inside a bulk get (no binding-side check there).
 pub(crate) fn check_bulk_key(key: &str) -> Result<(), KvError> {
     const OP: &str = "GET_BULK";

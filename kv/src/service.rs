@@ -5,9 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::{Bytes, BytesMut};
-use cinder_core::{
-    ActorContext, ActorError, IdFactory, Namespace, NamespaceSpec, ObjectError, Runtime, Stub,
-};
+use cinder_core::{ActorContext, IdFactory, Namespace, NamespaceSpec, ObjectError, Runtime, Stub};
 use futures::{Stream, StreamExt};
 
 use crate::budget::OperationBudget;
@@ -655,11 +653,5 @@ impl KvNamespace {
     /// expiration sweep).
     pub fn shard_id(&self, key: &str) -> Result<cinder_core::ObjectId, KvError> {
         Ok(self.stubs()?[self.shard_of(key)].id().clone())
-    }
-}
-
-impl From<ActorError> for KvError {
-    fn from(e: ActorError) -> KvError {
-        KvError::internal("GET", e)
     }
 }

@@ -268,6 +268,12 @@ async fn limits_and_error_texts_match_cloudflare() {
         "{e}"
     );
 
+    // Texts the binding raises for bulk gets it checks itself.
+    assert_eq!(
+        cinder_kv::limits::bulk_type_error("arrayBuffer").to_string(),
+        "KV GET_BULK failed: 400 \"arrayBuffer\" is not a valid type. Use \"json\" or \"text\""
+    );
+
     // 25 MiB + 1 from a stream: rejected with the full length, nothing stored.
     let mib = Bytes::from(vec![7u8; 1 << 20]);
     let mut pieces: Vec<Result<Bytes, std::io::Error>> = (0..25).map(|_| Ok(mib.clone())).collect();

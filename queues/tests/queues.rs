@@ -139,7 +139,7 @@ async fn batches_fill_to_max_batch_size_or_wait_for_the_timeout() {
             std::time::Instant::now() < deadline,
             "batch 2 never finished"
         );
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     jobs.pump().await.unwrap();
     assert_eq!(jobs.stats().await.unwrap().batches_started, 2);
@@ -235,7 +235,7 @@ async fn wait_idle(q: &cinder_queues::Queue) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while q.stats().await.unwrap().in_flight > 0 {
         assert!(std::time::Instant::now() < deadline, "batch never finished");
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -297,6 +297,50 @@ async fn delayed_messages_wait_for_their_delay() {
     let (b, done) = next(&mut rx).await;
     assert_eq!(bodies(&b), ["batch-delayed"]);
     done.send(BatchOutcome::ok()).unwrap();
+    stop(n.rt).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrency_and_consumer_changes() {
+    let n = node();
+    let (p, mut rx) = probe();
+    let settings = ConsumerSettings {
+        max_batch_size: 1,
+        max_batch_timeout: Duration::ZERO,
+        max_concurrency: 2,
+        ..Default::default()
+    };
+    n.q.set_consumer("c", settings.clone(), p).await.unwrap();
+    let q = n.q.queue("c");
+    q.send_batch(&[text("1"), text("2"), text("3")], None)
+        .await
+        .unwrap();
+    // Two batches in flight at once, the third waits for one of them.
+    let (b1, d1) = next(&mut rx).await;
+    let (b2, d2) = next(&mut rx).await;
+    assert_eq!(
+        (bodies(&b1), bodies(&b2)),
+        (vec!["1".to_string()], vec!["2".to_string()])
+    );
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.in_flight, s.pending, s.batches_started), (2, 1, 2));
+    d2.send(BatchOutcome::ok()).unwrap();
+    let (b3, d3) = next(&mut rx).await;
+    assert_eq!(bodies(&b3), ["3"]);
+    d1.send(BatchOutcome::ok()).unwrap();
+    d3.send(BatchOutcome::ok()).unwrap();
+    wait_idle(&q).await;
+
+    // Without a consumer, messages wait; a new consumer gets them.
+    n.q.remove_consumer("c");
+    q.send(text("4")).await.unwrap();
+    assert_eq!(q.stats().await.unwrap().pending, 1);
+    assert!(rx.try_recv().is_err());
+    let (p2, mut rx2) = probe();
+    n.q.set_consumer("c", settings, p2).await.unwrap();
+    let (b4, d4) = next(&mut rx2).await;
+    assert_eq!(bodies(&b4), ["4"]);
+    d4.send(BatchOutcome::ok()).unwrap();
     stop(n.rt).await;
 }
 
