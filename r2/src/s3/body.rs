@@ -146,6 +146,26 @@ pub(crate) fn decode(
     }
 }
 
+/// Sets `done` once `body` has been read to its end.
+pub(crate) fn track_end(
+    body: S3Body,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> S3Body {
+    Box::pin(futures::stream::unfold(Some(body), move |body| {
+        let done = done.clone();
+        async move {
+            let mut body = body?;
+            match body.next().await {
+                Some(item) => Some((item, Some(body))),
+                None => {
+                    done.store(true, std::sync::atomic::Ordering::Release);
+                    None
+                }
+            }
+        }
+    }))
+}
+
 /// Checks a payload SHA-256 and/or a header checksum once the stream ends.
 fn verify(
     input: S3Body,

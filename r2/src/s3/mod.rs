@@ -124,17 +124,28 @@ fn target(cfg: &S3Config, req: &http::request::Parts) -> Result<Target, S3Error>
     })
 }
 
+/// Whether the request announced a body (a length > 0, or chunked transfer).
+fn has_body(parts: &http::request::Parts) -> bool {
+    parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
 async fn handle(State(st): State<Arc<S3State>>, req: Request) -> Response {
     let request_id = format!("{:016X}", rand::random::<u64>());
     let (parts, body) = req.into_parts();
     let head = parts.method == Method::HEAD;
     let mut resource = parts.uri.path().to_owned();
+    let consumed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let result = async {
         let t = target(&st.cfg, &parts)?;
         resource = t.resource.clone();
         let auth = auth::authorize(&st.cfg.credentials, &parts, SystemTime::now())?;
         let body = body::decode(&parts, body, &auth)?;
-        ops::route(&st, &parts, t, body).await
+        ops::route(&st, &parts, t, body::track_end(body, consumed.clone())).await
     }
     .await;
     let mut resp = match result {
@@ -146,6 +157,12 @@ async fn handle(State(st): State<Arc<S3State>>, req: Request) -> Response {
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-amz-request-id", v);
+    }
+    // Answered before reading the whole body (a failed precondition, an auth error...): the
+    // rest of the body is still on the wire, so the connection cannot carry another request.
+    if !consumed.load(std::sync::atomic::Ordering::Acquire) && has_body(&parts) {
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }

@@ -495,7 +495,13 @@ async fn get_object(
     };
     let o = &found.object;
     let (offset, length) = o.range.map_or((0, o.size), |r| (r.offset, r.length));
-    let partial = header(parts, "range").is_some() && (offset, length) != (0, o.size);
+    // 206 whenever a range was applied, even one covering the whole object (as S3 does).
+    let partial = header(parts, "range").is_some_and(|h| {
+        matches!(
+            crate::range::parse_header(h, o.size),
+            crate::range::HeaderRange::Range(..)
+        )
+    });
     let mut r = if parts.method == Method::HEAD {
         drop(found.body);
         Response::new(Body::empty())
