@@ -514,3 +514,50 @@ fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_replacements_never_mix_two_responses() {
+    let (_d, _c, cache) = setup();
+    let url = "https://e.com/race";
+    let size = 200_000;
+    let writer = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            for i in 0..40u8 {
+                let fill = if i % 2 == 0 { b'A' } else { b'B' };
+                let len = size + i as usize;
+                let r = resp(200, &[("cache-control", "max-age=600")], &vec![fill; len]);
+                assert_eq!(put(&cache, &get(url, &[]), r).await, PutOutcome::Stored);
+            }
+        })
+    };
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let mut seen = 0;
+                for _ in 0..200 {
+                    if let Some((_, h, b)) = fetch(&cache, &get(url, &[])).await {
+                        let len: usize = h["content-length"].to_str().unwrap().parse().unwrap();
+                        assert_eq!(b.len(), len, "body length matches its headers");
+                        assert!(b.iter().all(|&c| c == b[0]), "one response, never a mix");
+                        // Put i has length size + i and fill A for even i: head and body
+                        // come from the same put.
+                        assert_eq!((len - size) % 2 == 0, b[0] == b'A');
+                        seen += 1;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                seen
+            })
+        })
+        .collect();
+    writer.await.unwrap();
+    let mut hits = 0;
+    for r in readers {
+        hits += r.await.unwrap();
+    }
+    assert!(hits > 0);
+    let (_, _, b) = fetch(&cache, &get(url, &[])).await.unwrap();
+    assert_eq!((b.len(), b[0]), (size + 39, b'B'));
+}

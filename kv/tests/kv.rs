@@ -148,6 +148,18 @@ async fn large_values_stream_in_and_are_replaced_whole() {
     assert_eq!(got.entry.unwrap().value, data);
     // 1 record + 25 chunks of 128 KiB.
     assert_eq!(ns.stored_keys().await.unwrap(), 1 + 25);
+    // Exactly the limit is accepted and read back whole.
+    let max = Bytes::from(vec![0x5a; cinder_kv::limits::MAX_VALUE_BYTES]);
+    ns.put("max", max.clone(), &PutOptions::default())
+        .await
+        .unwrap();
+    let got = node_b
+        .namespace("big")
+        .get("max", &GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(got.entry.unwrap().value, max);
+    ns.delete("max").await.unwrap();
     ns.put("blob", b("small now"), &PutOptions::default())
         .await
         .unwrap();
