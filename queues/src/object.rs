@@ -309,8 +309,24 @@ impl Inner {
                 Ok(o) => o,
                 Err(_) => BatchOutcome::failed("the queue consumer panicked"),
             };
+            let batch_seqs = seqs.clone();
             if let Err(e) = this.finish(&reg, seqs, messages, outcome).await {
                 tracing::error!(error = %e, "applying a queue batch outcome failed");
+            }
+            // Whatever happened to the outcome, the batch is over: its slot frees, and any of
+            // its messages still leased (the outcome was not applied) are delivered again.
+            let mut st = this.st.borrow_mut();
+            st.in_flight -= 1;
+            for seq in batch_seqs {
+                if st.leased.remove(&seq) {
+                    if let Some(v) = st.headers.get(&seq).map(|h| h.visible_at_ms) {
+                        st.ready.insert((v, seq));
+                    }
+                }
+            }
+            drop(st);
+            if let Err(e) = this.schedule() {
+                tracing::error!(error = %e, "scheduling queue deliveries failed");
             }
         });
         Ok(())
@@ -371,8 +387,6 @@ impl Inner {
         if let (Some(dlq), false) = (&s.dead_letter_queue, dead.is_empty()) {
             self.dead_letter(dlq, dead).await;
         }
-        self.st.borrow_mut().in_flight -= 1;
-        self.schedule()?;
         Ok(())
     }
 
