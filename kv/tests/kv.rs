@@ -444,6 +444,50 @@ async fn list_is_utf8_ordered_across_shards_with_cursors() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_page_may_be_empty_yet_incomplete_when_keys_expired() {
+    let n = node(1);
+    let ns = n.kv.namespace("tomb");
+    let ttl = PutOptions {
+        expiration_ttl: Some(60),
+        ..Default::default()
+    };
+    for k in ["a1", "a2", "a3", "a4"] {
+        ns.put(k, b("x"), &ttl).await.unwrap();
+    }
+    for k in ["b1", "b2"] {
+        ns.put(k, b("y"), &PutOptions::default()).await.unwrap();
+    }
+    n.clock.advance_ms(60_000);
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = ns
+            .list(&ListOptions {
+                limit: Some(2),
+                cursor: cursor.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let names: Vec<String> = page.keys.into_iter().map(|k| k.name).collect();
+        pages.push((names, page.list_complete));
+        if page.list_complete {
+            break;
+        }
+        cursor = page.cursor;
+    }
+    assert_eq!(
+        pages,
+        vec![
+            (vec![], false),
+            (vec![], false),
+            (vec!["b1".to_string(), "b2".to_string()], true),
+        ]
+    );
+    stop(n.rt).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn expired_keys_vanish_then_the_sweep_removes_them() {
     let n = node(2);
     let ns = n.kv.namespace("exp");
