@@ -19,9 +19,10 @@
 //! batch fails to become durable the runtime resets the object, which drops the connection
 //! and with it any page cache fjall never got.
 //!
-//! Memory: each connection keeps at most [`SqlConfig::cache_kib`] of page cache, all SQLite
-//! memory of the node is under one soft limit ([`set_memory_budget`]), and an idle object can
-//! give its cache back ([`SqlStorage::release_memory`]) or be dropped entirely.
+//! Memory: each connection keeps at most [`SqlConfig::cache_kib`] of page cache, an idle
+//! object can give its cache back ([`SqlStorage::release_memory`]) or be dropped entirely,
+//! and a node may put all SQLite memory under one soft limit ([`set_memory_budget`], before
+//! the first database opens: its accounting costs a global mutex per SQLite allocation).
 //!
 //! `rows_read` is an approximation: workerd counts rows with a patch to SQLite that the bundled
 //! SQLite lacks; here it is full-scan steps + rows returned + rows written.
@@ -33,14 +34,17 @@ pub mod auth;
 mod cursor;
 mod db;
 pub mod error;
+pub mod history;
 pub mod kv;
+mod split;
 mod stmt;
 pub mod vfs;
 
-pub use cursor::{Cursor, Row, SqlValue};
+pub use cursor::{Cursor, Raw, Row, SqlValue, CANCELED_CLOSED, CANCELED_DELETED};
 pub use db::{memory_used, set_memory_budget, SqlConfig, SqlStorage, DEFAULT_MEMORY_BUDGET};
 pub use error::SqlError;
 pub use kv::Kv;
 /// The SQLite binding this crate links (its bundled SQLite carries the VFS), for callers that
 /// need a plain SQLite next to it: the differential tests' reference, the benchmark's baseline.
 pub use rusqlite;
+pub use split::{is_blank, split_statements};

@@ -41,8 +41,14 @@ fn open_store(dir: &std::path::Path) -> std::sync::Arc<Store> {
 }
 
 fn open_db(store: &std::sync::Arc<Store>, obj: u64) -> SqlStorage {
-    let db =
-        SqlStorage::open(store.object(common::id(obj)), SqlConfig { cache_kib: 64 }).expect("open");
+    let db = SqlStorage::open(
+        store.object(common::id(obj)),
+        SqlConfig {
+            cache_kib: 64,
+            ..SqlConfig::default()
+        },
+    )
+    .expect("open");
     db.exec(
         "CREATE TABLE IF NOT EXISTS acc (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
          CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
@@ -186,6 +192,7 @@ fn crash_kill9_keeps_every_confirmed_transaction() {
                 "round {round} object {o}: a transaction is there in part"
             );
             for row in db.exec("SELECT seq, body FROM log", &[]).unwrap() {
+                let row = row.unwrap();
                 let seq = row.values()[0].as_i64().unwrap();
                 assert_eq!(row.values()[1], SqlValue::Blob(payload(o, seq)));
             }
