@@ -228,6 +228,12 @@ impl ActorContext {
         self.inner.reset(reason);
     }
 
+    /// Tells the runtime that something [`crate::Actor::idle_policy`] depends on changed (a
+    /// socket or timer of the host's went away): the object's idleness is looked at again.
+    pub fn activity_changed(&self) {
+        self.inner.poke_slot();
+    }
+
     /// Runs `f` as part of a critical section of this instance: I/O it awaits completes
     /// without waiting for the input gate the section holds.
     pub(crate) async fn in_critical_section<F: Future>(&self, f: F) -> F::Output {
