@@ -15,6 +15,9 @@ use futures::future::LocalBoxFuture;
 use crate::error::{D1Error, NO_STATEMENTS};
 use crate::result::{D1Meta, D1Result, ExecResult, Statement, Timings};
 
+/// Page cache of a D1 database's connection, in KiB.
+const DATABASE_CACHE_KIB: u32 = 16 << 10;
+
 /// The name the D1 namespace is registered under ([`namespace_spec`]).
 pub const NAMESPACE: &str = "cinder:d1";
 
@@ -49,8 +52,16 @@ pub fn namespace_spec() -> NamespaceSpec {
 fn factory() -> Arc<dyn ActorFactory> {
     Arc::new(|ctx: ActorContext| -> Result<Box<dyn Actor>, ActorError> {
         let storage = ctx.storage();
-        let sql = SqlStorage::open(storage.raw().clone(), SqlConfig::default())
-            .map_err(|e| ActorError::new(e.to_string()))?;
+        let sql = SqlStorage::open(
+            storage.raw().clone(),
+            SqlConfig {
+                // One database serves every request: keep far more of it in memory than a
+                // Durable Object's small database gets.
+                cache_kib: DATABASE_CACHE_KIB,
+                ..SqlConfig::default()
+            },
+        )
+        .map_err(|e| ActorError::new(e.to_string()))?;
         let hook = storage.clone();
         sql.set_on_write(move || hook.note_raw_write(WriteOptions::default()));
         // Opening may have written (a point-in-time restore): those writes join the first turn.

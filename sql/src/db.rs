@@ -84,6 +84,9 @@ pub(crate) struct Inner {
     pub(crate) kv_ready: Cell<bool>,
     on_write: RefCell<Option<Box<dyn Fn()>>>,
     history: Option<SharedHistory>,
+    /// `database_size` as last computed; `None` once anything may have changed it (a
+    /// statement that writes, a KV write, a transaction's end).
+    size: Cell<Option<u64>>,
 }
 
 impl Drop for Inner {
@@ -113,6 +116,11 @@ impl Inner {
             Ok(mut cache) => cache.put(key, stmt),
             Err(_) => drop(stmt),
         }
+    }
+
+    /// Something may have changed the database's size (see `Inner::size`).
+    pub(crate) fn size_may_change(&self) {
+        self.size.set(None);
     }
 
     pub(crate) fn register_live(&self, state: &Rc<RefCell<LiveState>>) {
@@ -186,6 +194,7 @@ impl SqlStorage {
                 kv_ready: Cell::new(false),
                 on_write: RefCell::new(None),
                 history,
+                size: Cell::new(None),
             }),
         };
         me.refresh_kv_ready()?;
@@ -227,15 +236,21 @@ impl SqlStorage {
 
     /// `sql.databaseSize`: bytes in use (pages minus free pages, times the page size).
     pub fn database_size(&self) -> Result<u64, SqlError> {
+        if let Some(n) = self.inner.size.get() {
+            return Ok(n);
+        }
         let conn = self.conn();
-        let n: i64 = conn
-            .query_row(
-                "SELECT ((SELECT * FROM pragma_page_count) - (SELECT * FROM pragma_freelist_count)) * (SELECT * FROM pragma_page_size)",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(sqlite_err)?;
-        Ok(n.max(0) as u64)
+        // SQLite compiles a PRAGMA anew on every run (they are run-once statements), so the
+        // answer is kept until a write may change it: D1 asks twice per statement.
+        let count = |sql: &str| -> Result<i64, SqlError> {
+            conn.prepare_cached(sql)
+                .and_then(|mut st| st.query_row([], |r| r.get(0)))
+                .map_err(sqlite_err)
+        };
+        let pages = count("PRAGMA page_count")? - count("PRAGMA freelist_count")?;
+        let size = pages.max(0) as u64 * vfs::CHUNK;
+        self.inner.size.set(Some(size));
+        Ok(size)
     }
 
     /// `storage.transactionSync(fn)`: runs `f` in a (nestable) savepoint; commits if it returns
@@ -270,6 +285,7 @@ impl SqlStorage {
 
     fn rollback_to(&self, depth: u32) {
         self.inner.depth.set(depth);
+        self.inner.size_may_change();
         let r = self
             .trusted(&format!(
                 "ROLLBACK TO _cf_sync_savepoint_{depth}; RELEASE _cf_sync_savepoint_{depth};"
@@ -343,6 +359,7 @@ impl SqlStorage {
         }
         let inner = &self.inner;
         inner.cancel_live(CANCELED_DELETED);
+        inner.size_may_change();
         let mut conn = inner
             .conn
             .try_borrow_mut()

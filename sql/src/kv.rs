@@ -69,6 +69,7 @@ fn prefix_end(prefix: &str) -> Option<String> {
 impl Kv<'_> {
     fn ensure_table(&self) -> Result<(), SqlError> {
         if !self.db.inner.kv_ready.get() {
+            self.db.inner.size_may_change();
             self.db.trusted(
                 "CREATE TABLE IF NOT EXISTS _cf_KV (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID",
             )?;
@@ -123,6 +124,7 @@ impl Kv<'_> {
             .map_err(sqlite_err)?;
         drop(st);
         drop(conn);
+        self.db.inner.size_may_change();
         self.db.wrote();
         Ok(())
     }
@@ -154,6 +156,7 @@ impl Kv<'_> {
         let deleted = st.execute([key]).map_err(sqlite_err)? > 0;
         drop(st);
         drop(conn);
+        self.db.inner.size_may_change();
         self.db.wrote();
         Ok(deleted)
     }

@@ -222,6 +222,7 @@ unsafe fn start_last(
         }
     }
     if altered || ffi::sqlite3_stmt_readonly(stmt.0) == 0 {
+        inner.size_may_change();
         let out = guard_rename(db, &inner.auth, altered, || step_all(db, &stmt, true));
         // After stepping: a schema change re-prepares the statement during the first step.
         let columns = columns_of(&stmt);
@@ -338,6 +339,9 @@ pub(crate) unsafe fn run(
         if !last {
             if ffi::sqlite3_bind_parameter_count(stmt.0) != 0 {
                 return Err(SqlError::Api(MULTI_PARAMS));
+            }
+            if ffi::sqlite3_stmt_readonly(stmt.0) == 0 {
+                inner.size_may_change();
             }
             let (_, r, w) = guard_rename(db, auth, altered, || step_all(db, &stmt, false))?;
             rows_read += r;

@@ -529,3 +529,33 @@ fn limits_as_documented_with_sqlite_texts() {
         "{e}"
     );
 }
+
+#[test]
+fn database_size_follows_every_kind_of_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = store(dir.path(), Durability::Process);
+    let db = open(&st, 1);
+    let empty = db.database_size().unwrap();
+    db.exec("CREATE TABLE t (v)", &[]).unwrap();
+    let table = db.database_size().unwrap();
+    assert!(table > empty, "{table} > {empty}");
+    // Reads leave it (and the cached answer) alone.
+    db.exec("SELECT * FROM t", &[]).unwrap();
+    assert_eq!(db.database_size().unwrap(), table);
+    let big = SqlValue::Blob(vec![1; 100_000]);
+    // Inside a transaction it sees the uncommitted pages; a rollback takes them back.
+    let r: Result<(), SqlError> = db.transaction_sync(|| {
+        db.exec("INSERT INTO t VALUES (?)", std::slice::from_ref(&big))?;
+        assert!(db.database_size().unwrap() > table + 90_000);
+        Err(SqlError::Api("undo"))
+    });
+    assert!(r.is_err());
+    assert_eq!(db.database_size().unwrap(), table);
+    db.kv().put("k", Bytes::from(vec![2; 50_000])).unwrap();
+    let with_kv = db.database_size().unwrap();
+    assert!(with_kv > table + 40_000);
+    db.exec("DELETE FROM t; DROP TABLE t", &[]).unwrap();
+    assert!(db.database_size().unwrap() < with_kv);
+    db.delete_all().unwrap();
+    assert!(db.database_size().unwrap() <= empty + 4096);
+}

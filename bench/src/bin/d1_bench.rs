@@ -172,7 +172,10 @@ fn main() {
             }
         })
         .await;
-        inserts.print(&format!("batch of {} inserts", args.batch), args.batch as u64);
+        inserts.print(
+            &format!("batch of {} inserts", args.batch),
+            args.batch as u64,
+        );
 
         // Load the rows the point reads look up (batches of 1,000).
         let load = Instant::now();
