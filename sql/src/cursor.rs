@@ -116,7 +116,15 @@ impl Row {
     }
 }
 
-/// The result of `exec()`: the rows of the last statement, in order (see the module doc).
+/// The result of `exec()`: the rows of the last statement, in order.
+///
+/// Over a read-only statement it streams: `exec()` steps SQLite once (errors of the first
+/// step surface there, as in workerd) and each [`Cursor::next_row`] hands out the current row
+/// and steps one ahead, so `rows_read` grows as rows are pulled. A statement that writes ran to
+/// completion inside `exec()` and its rows are buffered. Cursors are `'static` (no borrow of
+/// the [`crate::SqlStorage`]); several may stream at once, and re-running the same SQL while
+/// one is unfinished compiles a one-off copy. `deleteAll()` or closing the database stops
+/// unfinished cursors: their next read fails with [`CANCELED_DELETED`] or [`CANCELED_CLOSED`].
 pub struct Cursor {
     pub(crate) columns: Arc<[String]>,
     /// Rows of a statement that ran to completion in `exec()`.

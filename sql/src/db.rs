@@ -65,7 +65,7 @@ pub fn memory_used() -> i64 {
 /// the turn with [`SqlStorage::flush`] (or `ObjectStorage::flush`) between calls, never inside
 /// [`SqlStorage::transaction_sync`]. If a flushed batch fails to become durable, the object
 /// must be reset: drop this value (its page cache may hold pages fjall never got) and open
-/// again. Dropping it stops every unfinished cursor ([`crate::cursor`]).
+/// again. Dropping it stops every unfinished cursor ([`Cursor`]).
 pub struct SqlStorage {
     pub(crate) inner: Rc<Inner>,
 }
@@ -223,7 +223,7 @@ impl SqlStorage {
 
     /// `sql.exec(query, ...bindings)`: runs every statement of `query`, binds `bindings` to the
     /// last one and returns a cursor over its rows (streaming for a read-only statement, see
-    /// [`crate::cursor`]). Refusals carry Cloudflare's texts ([`crate::error`]).
+    /// [`Cursor`]). Refusals carry Cloudflare's texts ([`crate::error`]).
     pub fn exec(&self, query: &str, bindings: &[SqlValue]) -> Result<Cursor, SqlError> {
         let out = {
             let _user = self.inner.auth.enter_user();

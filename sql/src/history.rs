@@ -130,6 +130,8 @@ pub(crate) struct History {
     /// The stored bytes of a few recently written pages, so that recording a hot page again in
     /// the next version needs no read (kept current by [`History::after_page_write`]).
     images: Vec<(u32, Option<Bytes>)>,
+    /// Bytes held by `images`.
+    image_bytes: usize,
     /// Highest version used (or handed out as a bookmark); the next is greater.
     last: u64,
     /// Versions below `lease << 16` may have been used by this or an earlier session.
@@ -151,6 +153,7 @@ impl History {
             captured: HashSet::default(),
             pending: Vec::new(),
             images: Vec::new(),
+            image_bytes: 0,
             last: lease.map_or(0, |l| l << 16),
             lease_ms: lease.unwrap_or(0),
             had_history: lease.is_some(),
@@ -221,22 +224,22 @@ impl History {
     pub(crate) fn after_page_write(&mut self, page: u32, image: Option<&Bytes>) {
         const IMAGES: usize = 8;
         const IMAGE_BYTES: usize = 32 << 10;
+        let len = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
         let image = image.cloned();
+        self.image_bytes += len(&image);
         if let Some(slot) = self.images.iter_mut().find(|(p, _)| *p == page) {
+            self.image_bytes -= len(&slot.1);
             slot.1 = image;
         } else if self.images.len() < IMAGES {
             self.images.push((page, image));
         } else {
+            self.image_bytes -= len(&image);
             return;
         }
-        let bytes: usize = self
-            .images
-            .iter()
-            .map(|(_, b)| b.as_ref().map_or(0, Bytes::len))
-            .sum();
-        if bytes > IMAGE_BYTES {
+        if self.image_bytes > IMAGE_BYTES {
             // Large pages churn: keep none rather than pin their memory.
             self.images.clear();
+            self.image_bytes = 0;
         }
     }
 

@@ -6,11 +6,14 @@
 //! atomic batch, group commit and output gate as the object's KV writes and alarms; the module
 //! doc of [`vfs`] argues why that batch replaces SQLite's journal for crash safety.
 //!
-//! On top sit Cloudflare's semantics: [`SqlStorage::exec`] returns a [`Cursor`]
-//! (`one`, `raw`, `to_array`, `column_names`, `rows_read`, `rows_written`), several statements
-//! per call, [`SqlStorage::transaction_sync`], [`SqlStorage::database_size`], refusals decided
-//! by a SQLite authorizer ([`auth`]) with workerd's texts ([`error`]), and the KV API stored in
-//! the hidden `_cf_KV` table ([`kv`]).
+//! On top sit Cloudflare's semantics: [`SqlStorage::exec`] returns a [`Cursor`] that streams
+//! rows from SQLite as they are pulled (`next_row`, `one`, `raw`, `to_array`, `column_names`,
+//! `rows_read`, `rows_written`; `'static`, see [`Cursor`] for interleaving and
+//! cancellation), several statements per call, [`SqlStorage::transaction_sync`],
+//! [`SqlStorage::database_size`], refusals decided by a SQLite authorizer ([`auth`]) with
+//! workerd's texts ([`error`]), limits as documented (2 MB strings/BLOBs/rows, 100 columns,
+//! 100 KB statements, 100 bound parameters), the KV API stored in the hidden `_cf_KV` table
+//! ([`kv`]), and point-in-time recovery with bookmarks kept for 30 days ([`history`]).
 //!
 //! With the actor runtime (cinder-core): open the object's database over
 //! `ctx.storage().raw().clone()` and pass `Storage::note_raw_write` to
@@ -25,7 +28,8 @@
 //! the first database opens: its accounting costs a global mutex per SQLite allocation).
 //!
 //! `rows_read` is an approximation: workerd counts rows with a patch to SQLite that the bundled
-//! SQLite lacks; here it is full-scan steps + rows returned + rows written.
+//! SQLite lacks; here a statement's count is the largest of its full-scan steps, rows returned
+//! and rows changed.
 //!
 //! Depends on cinder-storage (the turn batch), rusqlite/libsqlite3-sys (bundled SQLite),
 //! bytes, thiserror, tracing. No V8, no cinder-core.
