@@ -371,23 +371,27 @@ fn longest_zero_run(p: &[u8]) -> (usize, usize) {
 
 /// Inverse of [`encode`]; `None` if the record is malformed.
 fn decode(stored: &[u8]) -> Option<Vec<u8>> {
-    match stored.split_first()? {
-        (0, rest) => Some(rest.to_vec()),
+    // A record never decodes to more than a chunk: a longer one is corrupt, and trusting its
+    // length would slice past the chunk buffer (a panic inside a SQLite callback aborts the
+    // process).
+    let out = match stored.split_first()? {
+        (0, rest) => rest.to_vec(),
         (1, rest) if rest.len() >= 4 => {
             let start = u16::from_le_bytes([rest[0], rest[1]]) as usize;
             let run = u16::from_le_bytes([rest[2], rest[3]]) as usize;
             let body = &rest[4..];
-            if start > body.len() {
+            if start > body.len() || body.len() + run > CHUNK as usize {
                 return None;
             }
             let mut out = Vec::with_capacity(body.len() + run);
             out.extend_from_slice(&body[..start]);
             out.resize(start + run, 0);
             out.extend_from_slice(&body[start..]);
-            Some(out)
+            out
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    (out.len() <= CHUNK as usize).then_some(out)
 }
 
 /// Deletes every page of the object's database in its turn batch (used by `deleteAll()`).
@@ -460,6 +464,15 @@ fn log_error(what: &str, e: &cinder_storage::StorageError) {
     tracing::error!(error = %e, "SQL VFS {what} failed");
 }
 
+/// The SQLite result for a failed file operation: `SQLITE_CORRUPT` for a record that does not
+/// decode (SQLite reports "database disk image is malformed"), `io_error` otherwise.
+fn failure_code(e: &cinder_storage::StorageError, io_error: c_int) -> c_int {
+    match e {
+        cinder_storage::StorageError::Corrupt(_) => ffi::SQLITE_CORRUPT,
+        _ => io_error,
+    }
+}
+
 unsafe extern "C" fn x_open(
     _vfs: *mut ffi::sqlite3_vfs,
     _name: *const c_char,
@@ -514,7 +527,7 @@ unsafe extern "C" fn x_read(
             Ok(false) => ffi::SQLITE_IOERR_SHORT_READ,
             Err(e) => {
                 log_error("read", &e);
-                ffi::SQLITE_IOERR_READ
+                failure_code(&e, ffi::SQLITE_IOERR_READ)
             }
         },
         FileState::Memory(v) => {
@@ -544,7 +557,7 @@ unsafe extern "C" fn x_write(
             Ok(()) => ffi::SQLITE_OK,
             Err(e) => {
                 log_error("write", &e);
-                ffi::SQLITE_IOERR_WRITE
+                failure_code(&e, ffi::SQLITE_IOERR_WRITE)
             }
         },
         FileState::Memory(v) => {
@@ -565,7 +578,7 @@ unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3
             Ok(()) => ffi::SQLITE_OK,
             Err(e) => {
                 log_error("truncate", &e);
-                ffi::SQLITE_IOERR_TRUNCATE
+                failure_code(&e, ffi::SQLITE_IOERR_TRUNCATE)
             }
         },
         FileState::Memory(v) => {
@@ -734,6 +747,42 @@ unsafe extern "C" fn x_get_last_error(
 #[cfg(test)]
 mod tests {
     use super::{decode, encode};
+
+    #[test]
+    fn a_record_longer_than_a_chunk_is_corrupt_not_a_panic() {
+        use super::{chunk_key, PageFile, CHUNK};
+        use cinder_storage::{Section, Store, StoreConfig};
+        // Too long as stored, and too long once its zero run is put back.
+        let mut zero_run = vec![1u8, 0, 0, 0xff, 0xff];
+        zero_run.extend(std::iter::repeat_n(7u8, 10));
+        for record in [vec![0u8; 1 + CHUNK as usize + 900], zero_run] {
+            assert!(decode(&record).is_none());
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+            let storage = store.object([5; 32]);
+            storage.raw_put(Section::Sql, &chunk_key(0), bytes::Bytes::from(record));
+            let mut file = PageFile::open(storage, None).unwrap();
+            file.size = CHUNK;
+            let mut buf = vec![0u8; 100];
+            assert!(matches!(
+                file.read(&mut buf, 0),
+                Err(cinder_storage::StorageError::Corrupt(_))
+            ));
+            // A partial write reads the chunk first: it used to copy the whole record into a
+            // chunk-sized buffer.
+            assert!(matches!(
+                file.write(&[9u8; 100], 0),
+                Err(cinder_storage::StorageError::Corrupt(_))
+            ));
+            assert_eq!(
+                super::failure_code(
+                    &cinder_storage::StorageError::Corrupt(String::new()),
+                    libsqlite3_sys::SQLITE_IOERR_READ
+                ),
+                libsqlite3_sys::SQLITE_CORRUPT
+            );
+        }
+    }
 
     #[test]
     fn pages_round_trip_through_their_stored_form() {
