@@ -360,8 +360,9 @@ pub struct Executed {
 }
 
 /// `wrangler d1 execute DB --local (--command SQL | --file PATH) [--json]`: the statements run
-/// as one batch (one transaction). `interactive` (stdout is a terminal) prints each result's
-/// rows as a table, as wrangler does; `--json` prints only the JSON document.
+/// as one batch (one transaction). `--json` prints only the JSON document; otherwise the log
+/// lines come first, then each result's rows as a table if `interactive` (stdout is a
+/// terminal), else the JSON document, as wrangler does.
 pub async fn execute(
     db: &D1Service,
     target: &Target,
@@ -419,27 +420,32 @@ pub async fn execute(
         })
         .collect();
     let json_doc = Value::Array(doc);
-    let output = if json {
+    let pretty = || {
         let mut s = serde_json::to_string_pretty(&json_doc).unwrap_or_default();
         s.push('\n');
         s
-    } else {
+    };
+    // As wrangler: `--json` prints the document alone; otherwise its log lines, then tables
+    // when stdout is a terminal, else the same JSON document.
+    let output = if json {
+        pretty()
+    } else if interactive {
         let mut s = log;
-        if interactive {
-            for r in &results {
-                if r.rows.is_empty() {
-                    continue;
-                }
-                let head: Vec<&str> = r.columns.iter().map(String::as_str).collect();
-                let rows: Vec<Vec<String>> = r
-                    .rows
-                    .iter()
-                    .map(|row| row.iter().map(value_display).collect())
-                    .collect();
-                s.push_str(&table::render(&head, &rows));
+        for r in &results {
+            if r.rows.is_empty() {
+                continue;
             }
+            let head: Vec<&str> = r.columns.iter().map(String::as_str).collect();
+            let rows: Vec<Vec<String>> = r
+                .rows
+                .iter()
+                .map(|row| row.iter().map(value_display).collect())
+                .collect();
+            s.push_str(&table::render(&head, &rows));
         }
         s
+    } else {
+        log + &pretty()
     };
     Ok(Executed {
         json: json_doc,

@@ -241,3 +241,22 @@ async fn execute_prints_like_wrangler() {
     ));
     rt.shutdown();
 }
+
+#[tokio::test]
+async fn execute_without_a_terminal_prints_logs_then_json() {
+    let state = tempfile::tempdir().unwrap();
+    let store = Store::open(state.path(), StoreConfig::default()).unwrap();
+    let rt = runtime(&store);
+    let db = D1Service::from_runtime(&rt, "db-id").unwrap();
+    let out = migrations::execute(&db, &target(), Some("SELECT 1 AS one"), None, false, false)
+        .await
+        .unwrap();
+    let (log, doc) = out.output.split_once("[\n").unwrap();
+    assert!(
+        log.ends_with("🚣 1 command executed successfully.\n"),
+        "{log}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&format!("[\n{doc}")).unwrap();
+    assert_eq!(doc[0]["results"], serde_json::json!([{"one": 1}]));
+    rt.shutdown();
+}
