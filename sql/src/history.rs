@@ -139,11 +139,14 @@ pub(crate) struct History {
     /// Whether earlier sessions left history (expired records to collect).
     had_history: bool,
     last_gc_ms: u64,
+    /// The target of a restore scheduled for the next open: its records must outlive expiry.
+    restore_target: Option<u64>,
 }
 
 impl History {
     pub(crate) fn load(storage: ObjectStorage, retention_ms: u64) -> Result<Self, StorageError> {
         let lease = read_u64(&storage, LEASE_KEY)?;
+        let restore_target = read_u64(&storage, RESTORE_KEY)?;
         Ok(Self {
             id_check: *storage.id(),
             storage,
@@ -158,6 +161,7 @@ impl History {
             lease_ms: lease.unwrap_or(0),
             had_history: lease.is_some(),
             last_gc_ms: 0,
+            restore_target,
         })
     }
 
@@ -182,7 +186,10 @@ impl History {
 
     /// Deletes records older than the retention period (in the turn batch).
     fn collect(&self, now: u64) {
-        let cutoff = now.saturating_sub(self.retention_ms) << 16;
+        let mut cutoff = now.saturating_sub(self.retention_ms) << 16;
+        if let Some(target) = self.restore_target {
+            cutoff = cutoff.min(target.saturating_add(1));
+        }
         if let Err(e) = self.storage.raw_delete_range(
             Section::Sql,
             &record_key(0, 0),
@@ -339,6 +346,7 @@ impl History {
             RESTORE_KEY,
             Bytes::copy_from_slice(&b.to_le_bytes()),
         );
+        self.restore_target = Some(b);
         Ok(undo)
     }
 
@@ -385,6 +393,7 @@ impl History {
             }
         }
         self.storage.raw_delete(Section::Sql, RESTORE_KEY);
+        self.restore_target = None;
         self.end_version();
         Ok(true)
     }
