@@ -88,6 +88,11 @@ pub struct DevArgs {
     #[arg(long)]
     pub test_scheduled: bool,
 
+    /// How long a Durable Object whose only connections are hibernatable WebSockets stays in
+    /// memory without events [default: 10000, Cloudflare's 10 s].
+    #[arg(long, value_name = "MS")]
+    pub hibernate_after_ms: Option<u64>,
+
     /// Extra string var for the primary worker, as KEY:VALUE (repeatable).
     #[arg(long = "var", value_name = "KEY:VALUE", value_parser = parse_var)]
     pub vars: Vec<(String, String)>,

@@ -23,6 +23,7 @@ mod devvars;
 mod jsonc;
 mod migrations;
 mod server;
+mod websocket;
 
 use cli::{Cli, Command, DevArgs};
 use config::WorkerConfig;
@@ -205,6 +206,10 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         heap_limit_bytes: DEFAULT_HEAP_LIMIT_BYTES,
         state_dir: Some(persist_to.clone()),
         durability: Default::default(),
+        hibernate_after: args
+            .hibernate_after_ms
+            .map(Duration::from_millis)
+            .unwrap_or(cinder_stateless::DEFAULT_HIBERNATE_AFTER),
     };
     if args.allow_private_fetch {
         tracing::warn!("--allow-private-fetch: fetch() may reach loopback and private addresses");

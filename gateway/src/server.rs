@@ -50,7 +50,20 @@ async fn handle(
         // Cloudflare sets this on every request; workers read it for the client address.
         req.headers_mut().insert("cf-connecting-ip", ip);
     }
-    front.host.fetch(&front.primary, req).await
+    let upgrade = crate::websocket::UpgradeRequest::take(&mut req);
+    let resp = front.host.fetch(&front.primary, req).await;
+    match resp
+        .extensions()
+        .get::<cinder_stateless::WsHandoff>()
+        .copied()
+    {
+        Some(cinder_stateless::WsHandoff(socket))
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS =>
+        {
+            crate::websocket::upgrade(&front.host, socket, upgrade, resp)
+        }
+        _ => resp,
+    }
 }
 
 /// Workers see `request.url` as an absolute URL: scheme, the Host the client asked for, path.

@@ -27,7 +27,7 @@
   const cryptoMod = L("ext:deno_crypto/00_crypto.js");
 
   const {
-    op_cinder_next_event,
+    op_cinder_take_event,
     op_cinder_respond,
     op_cinder_respond_error,
     op_cinder_event_done,
@@ -67,40 +67,6 @@
     }
   }
   const navigator = new Navigator();
-
-  // Plain (non-hibernatable) WebSockets are not served yet; the type exists because frameworks
-  // detect the Workers runtime by it.
-  class WebSocket extends event.EventTarget {
-    static READY_STATE_CONNECTING = 0;
-    static READY_STATE_OPEN = 1;
-    static READY_STATE_CLOSING = 2;
-    static READY_STATE_CLOSED = 3;
-    #peer = null;
-    #accepted = false;
-    readyState = 1;
-    accept() {
-      this.#accepted = true;
-    }
-    send(_data) {
-      throw new TypeError("WebSocket.send: WebSockets are not supported by cinder yet");
-    }
-    close(_code, _reason) {
-      this.readyState = 3;
-    }
-    static _pair(a, b) {
-      a.#peer = b;
-      b.#peer = a;
-    }
-  }
-  class WebSocketPair {
-    constructor() {
-      const a = new WebSocket();
-      const b = new WebSocket();
-      WebSocket._pair(a, b);
-      this[0] = a;
-      this[1] = b;
-    }
-  }
 
   class ScheduledController {
     constructor(scheduledTime, cron) {
@@ -148,6 +114,21 @@
     };
   }
 
+  // A Durable Object with a pending timer does not hibernate: the runtime is told how many
+  // each object has.
+  const objectTimers = new Map(); // timer id -> object handle
+  function timerStarted(id, obj) {
+    if (!obj) return;
+    objectTimers.set(id, obj);
+    core.ops.op_do_timers(obj, 1);
+  }
+  function timerDone(id) {
+    const obj = objectTimers.get(id);
+    if (obj === undefined) return;
+    objectTimers.delete(id);
+    core.ops.op_do_timers(obj, -1);
+  }
+
   const def = (value) => ({ value, writable: true, enumerable: false, configurable: true });
   const getter = (get) => ({ get, enumerable: true, configurable: true });
 
@@ -167,18 +148,39 @@
     PromiseRejectionEvent: def(event.PromiseRejectionEvent),
     reportError: def(event.reportError),
     setTimeout: def(function setTimeout(cb, ms, ...args) {
-      return timers.setTimeout.call(globalThis, gateCallback(cb), ms, ...args);
+      const obj = core.getAsyncContext()?.obj ?? 0;
+      let id = 0;
+      let fn = gateCallback(cb);
+      if (obj && typeof fn === "function") {
+        const gated = fn;
+        fn = function (...a) {
+          timerDone(id);
+          return gated.apply(this, a);
+        };
+      }
+      id = timers.setTimeout.call(globalThis, fn, ms, ...args);
+      timerStarted(id, obj);
+      return id;
     }),
     setInterval: def(function setInterval(cb, ms, ...args) {
-      return timers.setInterval.call(globalThis, gateCallback(cb), ms, ...args);
+      const obj = core.getAsyncContext()?.obj ?? 0;
+      const id = timers.setInterval.call(globalThis, gateCallback(cb), ms, ...args);
+      timerStarted(id, obj);
+      return id;
     }),
-    clearTimeout: def(timers.clearTimeout),
-    clearInterval: def(timers.clearInterval),
+    clearTimeout: def(function clearTimeout(id) {
+      timerDone(id);
+      return timers.clearTimeout.call(globalThis, id);
+    }),
+    clearInterval: def(function clearInterval(id) {
+      timerDone(id);
+      return timers.clearInterval.call(globalThis, id);
+    }),
     queueMicrotask: def(queueMicrotask),
     // Cloudflare's `scheduler.wait(ms)`: an awaitable setTimeout.
     scheduler: def(
       Object.freeze({
-        wait: (ms) => new Promise((resolve) => timers.setTimeout.call(globalThis, resolve, ms)),
+        wait: (ms) => new Promise((resolve) => globalThis.setTimeout(resolve, ms)),
       }),
     ),
     AbortController: def(abort.AbortController),
@@ -223,8 +225,6 @@
     SubtleCrypto: def(cryptoMod.SubtleCrypto),
     navigator: def(navigator),
     Navigator: def(Navigator),
-    WebSocket: def(WebSocket),
-    WebSocketPair: def(WebSocketPair),
     ScheduledController: def(ScheduledController),
   });
   event.saveGlobalThisReference(globalThis);
@@ -323,6 +323,7 @@
         res.status === 304 || inner.method === "HEAD";
       const body = res.body === null || nullBody ? null : streamFromBody(res.body);
       if (nullBody && res.body !== null) op_cinder_body_close(res.body);
+      if (res.webSocket) return internals.ws.webSocketResponse(res, body);
       const response = new Response(body, {
         status: res.status,
         statusText: res.statusText,
@@ -401,14 +402,29 @@
     passThroughOnException() {}
   }
 
+  // `ctx.waitUntil` work may run this long after its event, as on Cloudflare.
+  const WAIT_UNTIL_LIMIT_MS = 15 * 60 * 1000;
+
   async function settleAll(promises) {
-    for (let i = 0; i < promises.length; i++) {
-      try {
-        await promises[i];
-      } catch (e) {
-        console.error("Uncaught (in waitUntil):", e);
+    if (promises.length === 0) return;
+    let timer;
+    const expired = new Promise((resolve) => {
+      timer = timers.setTimeout.call(globalThis, () => resolve(true), WAIT_UNTIL_LIMIT_MS);
+    });
+    const all = (async () => {
+      for (let i = 0; i < promises.length; i++) {
+        try {
+          await promises[i];
+        } catch (e) {
+          console.error("Uncaught (in waitUntil):", e);
+        }
       }
+      return false;
+    })();
+    if (await Promise.race([all, expired])) {
+      console.warn("waitUntil work was cancelled: it ran longer than 15 minutes after its event");
     }
+    timers.clearTimeout.call(globalThis, timer);
   }
 
   function errorText(e) {
@@ -444,7 +460,15 @@
       const inner = toInnerResponse(response);
       const [kind, bytes, sink] = bodyForRust(inner);
       answered = true;
-      op_cinder_respond(ev.id, inner.status, headerPairs(inner.headerList), kind, bytes, sink);
+      op_cinder_respond(
+        ev.id,
+        inner.status,
+        headerPairs(inner.headerList),
+        kind,
+        bytes,
+        sink,
+        internals.ws?.responseSocket(response) ?? 0,
+      );
     } catch (e) {
       console.error("Uncaught", e);
       if (!answered) op_cinder_respond_error(ev.id, errorText(e));
@@ -515,17 +539,22 @@
     const env = buildEnv(spec);
     internals.durable.bind(mod, env, spec);
     const handler = handlerFor(mod, env);
-    (async () => {
-      while (true) {
-        const ev = await op_cinder_next_event();
-        if (ev === null) return;
-        core.setAsyncContext({ rid: ev.requestId, eid: ev.id, obj: 0, cs: 0 });
+    // Events arrive by synchronous calls from the Rust side (kind 2: a stateless event; the
+    // others are Durable Object events): each handler runs until its first real await before
+    // the call returns.
+    return (kind, id) => {
+      if (kind !== 2) return internals.durable.entry(kind, id);
+      const ev = op_cinder_take_event(id);
+      if (ev === null) return undefined;
+      core.setAsyncContext({ rid: ev.requestId, eid: ev.id, obj: 0, cs: 0 });
+      try {
         if (ev.kind === "fetch") onFetch(ev, handler, env);
         else onScheduled(ev, handler, env);
+      } finally {
         core.setAsyncContext(undefined);
       }
-    })();
-    return (kind, id) => internals.durable.entry(kind, id);
+      return undefined;
+    };
   }
 
   // Warm-up: V8 compiles functions on first call and the snapshot keeps compiled code, so
@@ -577,6 +606,7 @@
     headerPairs,
     console,
     executionContext: (waits) => new ExecutionContext(waits),
+    events: event,
     settleAll,
     DurableObject,
     WorkerEntrypoint,

@@ -36,6 +36,10 @@ pub(crate) struct HostInner {
     _ephemeral: Option<tempfile::TempDir>,
     /// JS values lent out by reference over RPC, by id: where their isolate lives.
     pub(crate) exports: std::sync::Mutex<HashMap<String, ExportHome>>,
+    /// Every WebSocket of the node.
+    pub(crate) sockets: crate::websocket::Sockets,
+    /// See [`HostConfig::hibernate_after`].
+    pub(crate) hibernate_after: Duration,
 }
 
 /// The isolate holding an exported value.
@@ -275,6 +279,8 @@ impl Host {
                 << 16,
             _ephemeral: ephemeral,
             exports: Default::default(),
+            sockets: Default::default(),
+            hibernate_after: cfg.hibernate_after,
         });
         let _ = host_cell.set(Arc::downgrade(&inner));
         Ok(Host { inner })
@@ -337,6 +343,24 @@ impl Host {
             out.push(d);
         }
         Ok(out)
+    }
+
+    /// The network side of a socket a worker answered a `101` with ([`crate::WsHandoff`]):
+    /// the gateway drives it with [`crate::websocket_pump`]. `None` if the socket is gone or
+    /// already connected.
+    pub fn socket_link(&self, id: u64) -> Option<crate::websocket::SocketLink> {
+        let socket = self.inner.sockets.get(id)?;
+        let outgoing = socket.state.lock().ok()?.out_rx.take()?;
+        Some(crate::websocket::SocketLink {
+            socket,
+            host: Arc::downgrade(&self.inner),
+            outgoing,
+        })
+    }
+
+    /// Open WebSockets on this node.
+    pub fn open_sockets(&self) -> usize {
+        self.inner.sockets.count()
     }
 
     /// Stops taking events, lets in-flight ones finish (bounded), and ends the threads.

@@ -47,14 +47,19 @@ mod netguard;
 mod ops;
 mod ops_do;
 mod ops_rpc;
+mod ops_ws;
 mod snapshot;
 mod state;
 mod thread;
+mod websocket;
+mod ws_delivery;
 
 pub use cinder_storage::Durability;
 pub use host::Host;
 pub use loader::{default_rules, module_kind_for};
 pub use netguard::{is_internal as is_internal_address, ALLOW_FLAG};
+pub use websocket::{Incoming as WsIncoming, SocketLink, WsHandoff};
+pub use ws_delivery::{config as websocket_config, pump as websocket_pump};
 
 /// A streaming HTTP body of `Bytes` chunks; the same type as `axum::body::Body`, so the gateway
 /// passes bodies through without conversion.
@@ -159,7 +164,13 @@ pub struct HostConfig {
     pub state_dir: Option<PathBuf>,
     /// How a write is made durable before the output gate lets anything depending on it out.
     pub durability: Durability,
+    /// How long an object whose only connections are hibernatable WebSockets stays in memory
+    /// without events.
+    pub hibernate_after: std::time::Duration,
 }
+
+/// Cloudflare's hibernation delay.
+pub const DEFAULT_HIBERNATE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Default for HostConfig {
     fn default() -> Self {
@@ -170,6 +181,7 @@ impl Default for HostConfig {
             heap_limit_bytes: DEFAULT_HEAP_LIMIT_BYTES,
             state_dir: None,
             durability: Durability::Fsync,
+            hibernate_after: DEFAULT_HIBERNATE_AFTER,
         }
     }
 }

@@ -33,18 +33,23 @@ pub(crate) fn extensions() -> Vec<Extension> {
         crate::ops::cinder::init(),
         crate::ops_do::cinder_do::init(),
         crate::ops_rpc::cinder_rpc::init(),
+        crate::ops_ws::cinder_ws::init(),
     ]
 }
 
 /// The isolate's JS, run in this order while the snapshot is built: the Web-API globals and
 /// stateless events, JS RPC, Durable Objects.
-const SCRIPTS: [(&str, &str); 3] = [
+const SCRIPTS: [(&str, &str); 4] = [
     (
         "ext:cinder/bootstrap.js",
         include_str!("../js/bootstrap.js"),
     ),
     ("ext:cinder/rpc.js", include_str!("../js/rpc.js")),
     ("ext:cinder/durable.js", include_str!("../js/durable.js")),
+    (
+        "ext:cinder/websocket.js",
+        include_str!("../js/websocket.js"),
+    ),
 ];
 
 fn build() -> Result<&'static [u8], String> {

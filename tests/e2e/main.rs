@@ -17,3 +17,4 @@ mod rules;
 mod scheduled;
 mod services;
 mod streaming;
+mod websocket;
