@@ -1,4 +1,5 @@
-//! The command line: `cinder dev` (wrangler-compatible flags) and `cinder serve`.
+//! The command line: `cinder dev` (wrangler-compatible flags), `cinder d1` (like
+//! `wrangler d1 … --local`) and `cinder serve`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -34,8 +35,109 @@ pub enum Command {
     /// Serve a wrangler project locally (like `wrangler dev`).
     #[command(after_long_help = DEV_HELP)]
     Dev(DevArgs),
+    /// Query and migrate the project's local D1 databases (like `wrangler d1 … --local`).
+    #[command(subcommand)]
+    D1(D1Command),
     /// Run one node of a cluster (not implemented yet).
     Serve(ServeArgs),
+}
+
+/// `cinder d1 …`: against the same state as `cinder dev --persist-to` (which must not be
+/// running on it at the same time).
+#[derive(Debug, Subcommand)]
+pub enum D1Command {
+    /// Run SQL against a local database (like `wrangler d1 execute DB --local`).
+    #[command(after_long_help = D1_EXECUTE_HELP)]
+    Execute(D1ExecuteArgs),
+    /// Create, list and apply migrations (like `wrangler d1 migrations …`).
+    #[command(subcommand)]
+    Migrations(D1MigrationsCommand),
+}
+
+const D1_EXECUTE_HELP: &str = "Examples:\n  \
+  cinder d1 execute DB --command \"SELECT * FROM users\"\n  \
+  cinder d1 execute DB --file schema.sql\n  \
+  cinder d1 execute my-database --command \"SELECT 1\" --json\n\n\
+DB is the binding or the database_name of a [[d1_databases]] entry of the config.";
+
+#[derive(Debug, Subcommand)]
+pub enum D1MigrationsCommand {
+    /// Create the next numbered, empty migration file in `migrations_dir`.
+    Create(D1CreateArgs),
+    /// List the migrations not yet applied to the local database.
+    List(D1Target),
+    /// Apply every migration not yet applied, in order, each in one transaction.
+    Apply(D1Target),
+}
+
+/// Which database, in which project, with which state.
+#[derive(Debug, Args)]
+pub struct D1Target {
+    /// The database: its binding or its `database_name` in the config.
+    #[arg(value_name = "DATABASE")]
+    pub database: String,
+
+    /// Config file or project directory [default: the current directory].
+    #[arg(short = 'c', long = "config", value_name = "CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Use the `[env.NAME]` section of the config.
+    #[arg(short = 'e', long = "env", value_name = "NAME")]
+    pub env: Option<String>,
+
+    /// Directory of local state, as given to `cinder dev --persist-to` [default:
+    /// .cinder/state in the project directory].
+    #[arg(long, value_name = "DIR")]
+    pub persist_to: Option<PathBuf>,
+
+    /// Accepted for wrangler compatibility: every database here is local.
+    #[arg(long)]
+    pub local: bool,
+
+    /// Not supported: cinder has no remote databases.
+    #[arg(long)]
+    pub remote: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct D1ExecuteArgs {
+    #[command(flatten)]
+    pub target: D1Target,
+
+    /// SQL to run (one or more statements).
+    #[arg(long, value_name = "SQL")]
+    pub command: Option<String>,
+
+    /// A file of SQL to run.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+
+    /// Print the results as JSON only.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Accepted for wrangler compatibility (nothing is asked).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct D1CreateArgs {
+    /// The database: its binding or its `database_name` in the config.
+    #[arg(value_name = "DATABASE")]
+    pub database: String,
+
+    /// What the migration does; becomes its file name (`0002_<message>.sql`).
+    #[arg(value_name = "MESSAGE")]
+    pub message: String,
+
+    /// Config file or project directory [default: the current directory].
+    #[arg(short = 'c', long = "config", value_name = "CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Use the `[env.NAME]` section of the config.
+    #[arg(short = 'e', long = "env", value_name = "NAME")]
+    pub env: Option<String>,
 }
 
 const DEV_HELP: &str = "Examples:\n  \
@@ -120,6 +222,35 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn d1_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "cinder", "d1", "execute", "DB", "--local", "--command", "SELECT 1", "--json", "-c",
+            "w.toml", "--persist-to", "st",
+        ])
+        .unwrap();
+        let Command::D1(D1Command::Execute(e)) = cli.command else {
+            panic!("not d1 execute")
+        };
+        assert_eq!(e.target.database, "DB");
+        assert_eq!(e.command.as_deref(), Some("SELECT 1"));
+        assert!(e.json && e.target.local && !e.target.remote);
+        assert_eq!(e.target.config, Some(PathBuf::from("w.toml")));
+        assert_eq!(e.target.persist_to, Some(PathBuf::from("st")));
+
+        let cli = Cli::try_parse_from(["cinder", "d1", "migrations", "create", "DB", "add users"])
+            .unwrap();
+        let Command::D1(D1Command::Migrations(D1MigrationsCommand::Create(c))) = cli.command
+        else {
+            panic!("not d1 migrations create")
+        };
+        assert_eq!(c.message, "add users");
+        for sub in ["list", "apply"] {
+            let cli = Cli::try_parse_from(["cinder", "d1", "migrations", sub, "DB", "--local"]);
+            assert!(cli.is_ok(), "{sub}: {cli:?}");
+        }
     }
 
     #[test]

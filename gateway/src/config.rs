@@ -3,12 +3,14 @@
 //!
 //! Keys we do not know produce a warning naming the key and never fail the load, because real
 //! projects carry deploy-only keys and keys newer than this reader. Bindings we do not run yet
-//! (KV, R2, D1, ...) warn "not supported yet" and are left out of `env`.
+//! (KV, R2, ...) warn "not supported yet" and are left out of `env`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cinder_stateless::{DurableObjectBinding, ModuleKind, ModuleRule, ServiceBinding, WorkerSpec};
+use cinder_stateless::{
+    D1DatabaseBinding, DurableObjectBinding, ModuleKind, ModuleRule, ServiceBinding, WorkerSpec,
+};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -48,11 +50,37 @@ pub struct WorkerConfig {
     pub spec: WorkerSpec,
     /// `[[migrations]]`, applied against the state directory when the run starts.
     pub migrations: Vec<Migration>,
+    /// `[[d1_databases]]` as written (`cinder d1` needs more of them than the engine does).
+    pub d1: Vec<D1Config>,
     /// `[dev]` `ip` and `port`: defaults for `cinder dev` when the flags are absent.
     pub dev_ip: Option<String>,
     pub dev_port: Option<u16>,
     /// Everything worth telling the user that did not stop the load.
     pub warnings: Vec<String>,
+}
+
+/// One `[[d1_databases]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct D1Config {
+    pub binding: String,
+    pub database_name: Option<String>,
+    pub database_id: Option<String>,
+    pub preview_database_id: Option<String>,
+    pub migrations_dir: Option<String>,
+    pub migrations_table: Option<String>,
+}
+
+impl D1Config {
+    /// The key the database's data is stored under, for `cinder dev` and `cinder d1` alike:
+    /// the id wrangler's local mode uses (`preview_database_id`, else `database_id`), else the
+    /// name, else the binding.
+    pub fn key(&self) -> String {
+        self.preview_database_id
+            .clone()
+            .or_else(|| self.database_id.clone())
+            .or_else(|| self.database_name.clone())
+            .unwrap_or_else(|| self.binding.clone())
+    }
 }
 
 /// Finds the configuration file for `target`: a file is taken as it is, a directory is
@@ -490,13 +518,8 @@ fn build(
         None => Vec::new(),
     };
 
-    warn_unsupported_bindings(
-        path,
-        &raw.kv_namespaces,
-        &raw.r2_buckets,
-        &raw.d1_databases,
-        &mut warnings,
-    );
+    let d1 = d1_databases(raw.d1_databases.as_deref().unwrap_or_default()).map_err(invalid)?;
+    warn_unsupported_bindings(path, &raw.kv_namespaces, &raw.r2_buckets, &mut warnings);
     let others = [
         ("queues", raw.queues.is_some()),
         (
@@ -544,19 +567,51 @@ fn build(
             crons,
             durable_objects,
             classes: Vec::new(),
+            d1_databases: d1
+                .iter()
+                .map(|d| D1DatabaseBinding {
+                    binding: d.binding.clone(),
+                    database: d.key(),
+                })
+                .collect(),
         },
         migrations,
+        d1,
         dev_ip,
         dev_port,
         warnings,
     })
 }
 
+/// `[[d1_databases]]`: each needs a `binding`, and bindings must differ.
+fn d1_databases(list: &[BTreeMap<String, Value>]) -> Result<Vec<D1Config>, String> {
+    let mut out: Vec<D1Config> = Vec::new();
+    for (i, b) in list.iter().enumerate() {
+        let text = |key: &str| b.get(key).and_then(Value::as_str).map(str::to_string);
+        let Some(binding) = text("binding") else {
+            return Err(format!("d1_databases[{i}] needs `binding`"));
+        };
+        if out.iter().any(|d| d.binding == binding) {
+            return Err(format!(
+                "d1_databases[{i}]: the binding {binding:?} is declared twice"
+            ));
+        }
+        out.push(D1Config {
+            binding,
+            database_name: text("database_name"),
+            database_id: text("database_id"),
+            preview_database_id: text("preview_database_id"),
+            migrations_dir: text("migrations_dir"),
+            migrations_table: text("migrations_table"),
+        });
+    }
+    Ok(out)
+}
+
 fn warn_unsupported_bindings(
     path: &Path,
     kv: &Option<BindingList>,
     r2: &Option<BindingList>,
-    d1: &Option<BindingList>,
     warnings: &mut Vec<String>,
 ) {
     let binding_names = |list: &[BTreeMap<String, Value>], key: &str| -> String {
@@ -570,10 +625,9 @@ fn warn_unsupported_bindings(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let groups: [(&str, Option<&BindingList>, &str); 3] = [
+    let groups: [(&str, Option<&BindingList>, &str); 2] = [
         ("KV namespace", kv.as_ref(), "binding"),
         ("R2 bucket", r2.as_ref(), "binding"),
-        ("D1 database", d1.as_ref(), "binding"),
     ];
     for (what, list, key) in groups {
         if let Some(list) = list.filter(|l| !l.is_empty()) {
@@ -816,9 +870,17 @@ database_id = "x"
         ]);
         let cfg = load_dir(dir.path(), None).unwrap();
         let all = cfg.warnings.join("\n");
-        for needle in ["env.CACHE", "env.FILES", "env.DB"] {
+        for needle in ["env.CACHE", "env.FILES"] {
             assert!(all.contains(needle), "missing {needle:?} in {all}");
         }
+        assert!(!all.contains("env.DB"), "D1 is supported: {all}");
+        assert_eq!(
+            cfg.spec.d1_databases,
+            vec![D1DatabaseBinding {
+                binding: "DB".into(),
+                database: "x".into()
+            }]
+        );
         assert!(!all.contains("unknown key"), "{all}");
         assert!(!all.contains("COUNTER"), "{all}");
         assert_eq!(

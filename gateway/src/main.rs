@@ -4,6 +4,7 @@
 //! `cinder dev` reads wrangler configuration ([`config`]), starts the engine's [`Host`], serves
 //! HTTP with axum ([`server`]), fires cron triggers ([`cron`]) and shuts down gracefully on
 //! SIGINT/SIGTERM: the listener closes, in-flight requests finish, then the process exits 0.
+//! `cinder d1 …` ([`d1cmd`]) queries and migrates the same state's D1 databases.
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 mod cli;
 mod config;
 mod cron;
+mod d1cmd;
 mod devvars;
 mod jsonc;
 mod migrations;
@@ -35,8 +37,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // `cinder d1` prints wrangler's output; the engine's logs would only be noise there.
+    init_tracing(if matches!(cli.command, Command::D1(_)) {
+        "error"
+    } else {
+        "info,fjall=warn,lsm_tree=warn"
+    });
     match cli.command {
+        Command::D1(cmd) => d1cmd::run(cmd),
         Command::Serve(_) => {
             eprintln!(
                 "error: `cinder serve` (cluster nodes) is not implemented yet; use `cinder dev` to run a project on one machine"
@@ -66,9 +74,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -200,6 +200,15 @@ impl Cursor {
                 .is_some_and(|l| l.borrow().query.is_some())
     }
 
+    /// Whether SQLite is still being stepped for this cursor (a read-only statement with rows
+    /// left). `false` once every remaining row is buffered in the cursor, so a host may copy
+    /// them all out at once without reading ahead of what was asked.
+    pub fn is_streaming(&self) -> bool {
+        self.live
+            .as_ref()
+            .is_some_and(|l| l.borrow().query.is_some())
+    }
+
     /// The remaining rows (`cursor.toArray()`).
     pub fn to_array(&mut self) -> Result<Vec<Row>, SqlError> {
         let mut out = Vec::new();

@@ -80,7 +80,10 @@ pub(crate) struct Inner {
     cfg: SqlConfig,
     conn: RefCell<Connection>,
     pub(crate) auth: Arc<AuthState>,
-    depth: Cell<u32>,
+    pub(crate) depth: Cell<u32>,
+    /// Savepoints opened by [`SqlStorage::begin_savepoint`] that are still open, outermost
+    /// first (`crate::savepoint`).
+    pub(crate) open_savepoints: RefCell<Vec<crate::savepoint::SavepointKind>>,
     pub(crate) kv_ready: Cell<bool>,
     on_write: RefCell<Option<Box<dyn Fn()>>>,
     history: Option<SharedHistory>,
@@ -149,7 +152,7 @@ impl Inner {
 
     /// End of a call that may have written: ends the history version (unless a
     /// `transactionSync` is still open) and tells the owner about pending writes.
-    fn wrote(&self) {
+    pub(crate) fn wrote(&self) {
         if self.depth.get() == 0 {
             if let Some(h) = &self.history {
                 h.borrow_mut().end_call();
@@ -163,7 +166,7 @@ impl Inner {
     }
 
     /// Runs engine SQL with the authorizer in trusted mode.
-    fn trusted(&self, sql: &str) -> Result<(), SqlError> {
+    pub(crate) fn trusted(&self, sql: &str) -> Result<(), SqlError> {
         self.conn().execute_batch(sql).map_err(sqlite_err)
     }
 }
@@ -191,6 +194,7 @@ impl SqlStorage {
                 conn: RefCell::new(conn),
                 auth,
                 depth: Cell::new(0),
+                open_savepoints: RefCell::new(Vec::new()),
                 kv_ready: Cell::new(false),
                 on_write: RefCell::new(None),
                 history,

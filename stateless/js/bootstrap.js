@@ -501,6 +501,7 @@
     for (const [name, value] of spec.vars) env[name] = value;
     for (const [name] of spec.services) env[name] = serviceBinding(name);
     internals.durable?.addBindings(env, spec);
+    internals.d1?.addBindings(env, spec);
     return env;
   }
 

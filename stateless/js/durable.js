@@ -323,9 +323,13 @@
 
   class DurableObjectStorage {
     #h;
-    constructor(token, h) {
+    #sqlite;
+    #sql = null;
+    #kv = null;
+    constructor(token, h, sqlite) {
       if (token !== ID_TOKEN) throw new TypeError("Illegal constructor");
       this.#h = h;
+      this.#sqlite = !!sqlite;
     }
     async get(keyOrKeys, opts) {
       const many = Array.isArray(keyOrKeys);
@@ -399,6 +403,8 @@
       return op_do_storage_sync(this.#h, inCriticalSection());
     }
     async transaction(closure) {
+      // SQLite-backed: a savepoint that everything in the closure joins (js/sql.js).
+      if (this.#sqlite) return I.sql.transaction(this, this.#h, closure);
       const token = op_do_txn_begin(this.#h);
       const txn = new DurableObjectTransaction(token);
       const ctx = { ...(ctxNow() ?? {}), obj: this.#h, cs: token };
@@ -412,15 +418,25 @@
       await txn._end(true);
       return result;
     }
-    transactionSync(_closure) {
-      throw new Error(
-        "transactionSync() is only available on SQLite-backed Durable Objects (declare the class in new_sqlite_classes)",
-      );
+    transactionSync(closure) {
+      return I.sql.transactionSync(this.#h, this.#sqlite, closure);
     }
+    // As on workerd, `sql` and `kv` exist on every class; using them on a class that is not
+    // SQLite-backed throws.
     get sql() {
-      throw new Error(
-        "This Durable Object is not backed by SQLite storage, so the SQL API is not available. SQL can be enabled on a new Durable Object class by using the `new_sqlite_classes` instead of `new_classes` under `migrations` in your Wrangler config.",
-      );
+      return (this.#sql ??= I.sql.sql(this.#h, this.#sqlite));
+    }
+    get kv() {
+      return (this.#kv ??= I.sql.kv(this.#h, this.#sqlite));
+    }
+    getCurrentBookmark() {
+      return I.sql.bookmarks.current(this.#h, this.#sqlite);
+    }
+    getBookmarkForTime(timestamp) {
+      return I.sql.bookmarks.forTime(this.#h, this.#sqlite, timestamp);
+    }
+    onNextSessionRestoreBookmark(bookmark) {
+      return I.sql.bookmarks.restore(this.#h, this.#sqlite, bookmark);
     }
   }
 
@@ -431,11 +447,11 @@
     #h;
     #id;
     #storage;
-    constructor(token, h, id) {
+    constructor(token, h, id, sqlite) {
       if (token !== ID_TOKEN) throw new TypeError("Illegal constructor");
       this.#h = h;
       this.#id = id;
-      this.#storage = new DurableObjectStorage(ID_TOKEN, h);
+      this.#storage = new DurableObjectStorage(ID_TOKEN, h, sqlite);
     }
     get id() {
       return this.#id;
@@ -495,6 +511,7 @@
       objects.delete(h);
       I.ws.forget(h);
     }
+    I.sql.forget(dead);
     if (kind === 3) return I.ws.entry(eid);
     if (kind !== 1) return undefined;
     const ev = op_do_take(eid);
@@ -559,7 +576,12 @@
       return ["Error", `Durable Object class "${ev.className}" is not exported`];
     }
     const id = new DurableObjectId(ID_TOKEN, ev.idHex, ev.idName ?? undefined, undefined);
-    const state = new DurableObjectState(ID_TOKEN, ev.handle, id);
+    const state = new DurableObjectState(
+      ID_TOKEN,
+      ev.handle,
+      id,
+      sqliteClasses.has(ev.className),
+    );
     try {
       const instance = new cls(state, workerEnv);
       objects.set(ev.handle, { instance, state });

@@ -95,11 +95,13 @@ impl ObjectEntry {
     /// The object's SQLite database (SQLite-backed classes), opened on first use.
     pub fn sql(&self) -> Result<Rc<cinder_sql::SqlStorage>, ActorError> {
         if !self.sqlite {
+            // workerd's text (`DurableObjectStorage::getSqliteDb`).
             return Err(ActorError::new(
                 "This Durable Object is not backed by SQLite storage, so the SQL API is not \
                  available. SQL can be enabled on a new Durable Object class by using the \
-                 `new_sqlite_classes` instead of `new_classes` under `migrations` in your \
-                 Wrangler config.",
+                 `new_sqlite_classes` instead of `new_classes` under `[[migrations]]` in your \
+                 wrangler.toml, but an already-deployed class cannot be converted to SQLite \
+                 (except by deleting the existing data).",
             ));
         }
         if let Some(db) = self.sql.borrow().as_ref() {
@@ -109,6 +111,10 @@ impl ObjectEntry {
         let db =
             cinder_sql::SqlStorage::open(storage.raw().clone(), cinder_sql::SqlConfig::default())
                 .map_err(|e| ActorError::new(e.to_string()))?;
+        // Opening may have written (a point-in-time restore): those writes join this turn.
+        if storage.raw().has_pending() {
+            storage.note_raw_write(Default::default());
+        }
         db.set_on_write(move || storage.note_raw_write(Default::default()));
         let db = Rc::new(db);
         *self.sql.borrow_mut() = Some(db.clone());

@@ -144,6 +144,7 @@ fn prepare(
             "services": spec.services.iter().map(|s| serde_json::json!([s.binding, s.service])).collect::<Vec<_>>(),
             "durableObjects": spec.durable_objects.iter().map(|b| serde_json::json!([b.binding, do_namespaces[&b.binding]])).collect::<Vec<_>>(),
             "classes": spec.classes.iter().map(|c| serde_json::json!([c.class_name, c.sqlite])).collect::<Vec<_>>(),
+            "d1": spec.d1_databases.iter().map(|d| serde_json::json!([d.binding])).collect::<Vec<_>>(),
         });
         out.push(Arc::new(WorkerShared {
             ctx: Arc::new(WorkerCtx {
@@ -232,7 +233,10 @@ impl Host {
             on_thread_stop: Some(Arc::new(|_index| thread::stop())),
             ..RuntimeConfig::default()
         };
-        let runtime = Runtime::start(store, rt_cfg, namespaces(&cfg))
+        let mut specs = namespaces(&cfg);
+        // Every D1 database is an object of this internal namespace (cinder-d1).
+        specs.push(cinder_d1::namespace_spec());
+        let runtime = Runtime::start(store, rt_cfg, specs)
             .map_err(|e| LoadError::Thread(e.to_string()))?;
 
         let mut start_err = None;

@@ -45,8 +45,10 @@ mod isolate;
 mod loader;
 mod netguard;
 mod ops;
+mod ops_d1;
 mod ops_do;
 mod ops_rpc;
+mod ops_sql;
 mod ops_ws;
 mod snapshot;
 mod state;
@@ -90,6 +92,18 @@ pub struct WorkerSpec {
     /// The Durable Object classes this worker exports that its migrations declared (or that
     /// the gateway declared for it, as `wrangler dev` does for a bound class without one).
     pub classes: Vec<DurableObjectClass>,
+    /// `d1_databases`: `env.<binding>` is a D1 database.
+    pub d1_databases: Vec<D1DatabaseBinding>,
+}
+
+/// One `[[d1_databases]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct D1DatabaseBinding {
+    pub binding: String,
+    /// Which database: the key its data is stored under (`preview_database_id`, else
+    /// `database_id`, else `database_name`, else the binding), the same for `cinder dev` and
+    /// `cinder d1`.
+    pub database: String,
 }
 
 /// One `[[durable_objects.bindings]]` entry.

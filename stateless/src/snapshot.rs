@@ -34,12 +34,14 @@ pub(crate) fn extensions() -> Vec<Extension> {
         crate::ops_do::cinder_do::init(),
         crate::ops_rpc::cinder_rpc::init(),
         crate::ops_ws::cinder_ws::init(),
+        crate::ops_sql::cinder_sql::init(),
+        crate::ops_d1::cinder_d1::init(),
     ]
 }
 
 /// The isolate's JS, run in this order while the snapshot is built: the Web-API globals and
-/// stateless events, JS RPC, Durable Objects.
-const SCRIPTS: [(&str, &str); 4] = [
+/// stateless events, JS RPC, Durable Objects, WebSockets, SQL storage, D1.
+const SCRIPTS: [(&str, &str); 6] = [
     (
         "ext:cinder/bootstrap.js",
         include_str!("../js/bootstrap.js"),
@@ -50,6 +52,8 @@ const SCRIPTS: [(&str, &str); 4] = [
         "ext:cinder/websocket.js",
         include_str!("../js/websocket.js"),
     ),
+    ("ext:cinder/sql.js", include_str!("../js/sql.js")),
+    ("ext:cinder/d1.js", include_str!("../js/d1.js")),
 ];
 
 fn build() -> Result<&'static [u8], String> {

@@ -7,6 +7,7 @@ mod harness;
 
 mod cli;
 mod config;
+mod d1;
 mod durable;
 mod globals;
 mod hono;
@@ -16,5 +17,6 @@ mod outbound;
 mod rules;
 mod scheduled;
 mod services;
+mod sql;
 mod streaming;
 mod websocket;
