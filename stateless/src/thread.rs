@@ -58,10 +58,11 @@ pub(crate) type Ready = Result<Vec<(usize, LoadError)>, LoadError>;
 pub(crate) fn start(
     workers: Arc<Vec<Arc<WorkerShared>>>,
     ready: std::sync::mpsc::Sender<Ready>,
+    busy_since: Arc<std::sync::atomic::AtomicU64>,
 ) -> LocalBoxFuture<'static, ()> {
     Box::pin(async move {
         let thread = Rc::new(ThreadJs {
-            slot: Slot::for_current_thread(),
+            slot: Slot::for_current_thread(busy_since),
             spare: Default::default(),
             workers: RefCell::new(HashMap::new()),
             serving: RefCell::new(Vec::new()),
