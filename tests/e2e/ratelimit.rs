@@ -13,7 +13,10 @@ use serde_json::Value;
 use crate::harness::{client, example, Server};
 
 fn ratelimit() -> String {
-    example("ratelimit").to_str().expect("utf-8 path").to_string()
+    example("ratelimit")
+        .to_str()
+        .expect("utf-8 path")
+        .to_string()
 }
 
 struct Answer {
@@ -53,10 +56,17 @@ fn check_refusal(a: &Answer, key: &str, max_wait_ms: u64) -> u64 {
     assert_eq!(a.body["key"], key);
     let ms = a.body["retryAfterMs"].as_u64().expect("retryAfterMs");
     assert!((1..=max_wait_ms).contains(&ms), "wait of {ms} ms for {key}");
-    assert_eq!(a.retry_after, Some(ms.div_ceil(1000)), "Retry-After for a wait of {ms} ms");
+    assert_eq!(
+        a.retry_after,
+        Some(ms.div_ceil(1000)),
+        "Retry-After for a wait of {ms} ms"
+    );
     assert_eq!(a.remaining, Some(0));
     ms
 }
+
+/// Per key: (allowed, refused, first send, last answer).
+type Tally = (u32, u32, Option<Instant>, Option<Instant>);
 
 #[test]
 fn concurrent_clients_never_exceed_their_budget_and_keys_are_independent() {
@@ -69,11 +79,11 @@ fn concurrent_clients_never_exceed_their_budget_and_keys_are_independent() {
         "RL_RATE_PER_SEC:2",
     ]));
     // Six keys with two clients each and one key shared by four clients, all at once.
-    let mut clients: Vec<String> = (0..6).flat_map(|k| [format!("k{k}"), format!("k{k}")]).collect();
+    let mut clients: Vec<String> = (0..6)
+        .flat_map(|k| [format!("k{k}"), format!("k{k}")])
+        .collect();
     clients.extend((0..4).map(|_| "shared".to_string()));
-    // Per key: (allowed, refused, first send, last answer).
-    let tally: Arc<Mutex<BTreeMap<String, (u32, u32, Option<Instant>, Option<Instant>)>>> =
-        Default::default();
+    let tally: Arc<Mutex<BTreeMap<String, Tally>>> = Default::default();
     let threads: Vec<_> = clients
         .into_iter()
         .map(|key| {
@@ -117,7 +127,10 @@ fn concurrent_clients_never_exceed_their_budget_and_keys_are_independent() {
             f64::from(*allowed) <= budget,
             "{key}: {allowed} allowed in {span:.2} s, budget {budget:.1}"
         );
-        assert!(*allowed >= 5, "{key}: the burst goes through ({allowed} allowed)");
+        assert!(
+            *allowed >= 5,
+            "{key}: the burst goes through ({allowed} allowed)"
+        );
         assert!(*refused > 0, "{key}: nothing refused in {span:.2} s");
     }
 
@@ -132,7 +145,13 @@ fn concurrent_clients_never_exceed_their_budget_and_keys_are_independent() {
 
 #[test]
 fn waiting_as_long_as_a_refusal_says_is_enough() {
-    let server = Server::start(&[&ratelimit(), "--var", "RL_CAPACITY:3", "--var", "RL_RATE_PER_SEC:4"]);
+    let server = Server::start(&[
+        &ratelimit(),
+        "--var",
+        "RL_CAPACITY:3",
+        "--var",
+        "RL_RATE_PER_SEC:4",
+    ]);
     let c = client();
     let refusal = loop {
         let a = call(&c, &server, "patient");
@@ -167,7 +186,13 @@ fn waiting_as_long_as_a_refusal_says_is_enough() {
 #[test]
 fn decisions_survive_a_restart() {
     // One token per 100 s: nothing refills during the test.
-    let args = [&ratelimit() as &str, "--var", "RL_CAPACITY:3", "--var", "RL_RATE_PER_SEC:0.01"];
+    let args = [
+        &ratelimit() as &str,
+        "--var",
+        "RL_CAPACITY:3",
+        "--var",
+        "RL_RATE_PER_SEC:0.01",
+    ];
     let state = tempfile::tempdir().expect("state dir");
     let server = Server::start_in(state.path(), &args);
     let c = client();
@@ -179,13 +204,22 @@ fn decisions_survive_a_restart() {
     drop(server);
     let server = Server::start_in(state.path(), &args);
     let after = check_refusal(&call(&c, &server, "eve"), "eve", 100_000);
-    assert!(after < before, "the wait shrinks with time: {before} ms, then {after} ms");
+    assert!(
+        after < before,
+        "the wait shrinks with time: {before} ms, then {after} ms"
+    );
     assert_eq!(call(&c, &server, "someone-else").status, 200);
 }
 
 #[test]
 fn an_idle_key_is_deleted_by_its_alarm_once_its_bucket_is_full() {
-    let server = Server::start(&[&ratelimit(), "--var", "RL_CAPACITY:2", "--var", "RL_RATE_PER_SEC:4"]);
+    let server = Server::start(&[
+        &ratelimit(),
+        "--var",
+        "RL_CAPACITY:2",
+        "--var",
+        "RL_RATE_PER_SEC:4",
+    ]);
     let c = client();
     assert_eq!(call(&c, &server, "idle").status, 200);
     let limits = server.get_json("/limits?key=idle");
@@ -199,7 +233,10 @@ fn an_idle_key_is_deleted_by_its_alarm_once_its_bucket_is_full() {
             assert_eq!(limits["tokens"], 2);
             break;
         }
-        assert!(Instant::now() < end, "the idle bucket is still stored: {limits}");
+        assert!(
+            Instant::now() < end,
+            "the idle bucket is still stored: {limits}"
+        );
         thread::sleep(Duration::from_millis(50));
     }
     // A deleted bucket is a full one.

@@ -85,9 +85,10 @@ async fn run(args: Args) -> Result<(), String> {
         .url
         .trim_end_matches('/')
         .replacen("http://", "ws://", 1);
-    let room = args.room.clone().unwrap_or_else(|| {
-        format!("fanout-{}-{}", std::process::id(), rand::random::<u32>())
-    });
+    let room = args
+        .room
+        .clone()
+        .unwrap_or_else(|| format!("fanout-{}-{}", std::process::id(), rand::random::<u32>()));
     let counters = Arc::new(Counters::default());
     let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -107,7 +108,11 @@ async fn run(args: Args) -> Result<(), String> {
         let (write, mut read) = ws.split();
         match read.next().await {
             Some(Ok(Message::Text(t))) if t.contains("\"type\":\"history\"") => {}
-            other => return Err(format!("socket {i}: expected the history frame, got {other:?}")),
+            other => {
+                return Err(format!(
+                    "socket {i}: expected the history frame, got {other:?}"
+                ))
+            }
         }
         let sender = (i < args.senders).then(|| {
             Arc::new(Sender {
@@ -133,7 +138,10 @@ async fn run(args: Args) -> Result<(), String> {
                         if t.contains(&own) {
                             let sent = s.sent_at.lock().unwrap().pop_front();
                             if let (Some(sent), true) = (sent, measuring.load(Ordering::Relaxed)) {
-                                latencies.lock().unwrap().push(sent.elapsed().as_nanos() as u64);
+                                latencies
+                                    .lock()
+                                    .unwrap()
+                                    .push(sent.elapsed().as_nanos() as u64);
                             }
                             counters.accepted.fetch_add(1, Ordering::Relaxed);
                             s.window.add_permits(1);
@@ -175,7 +183,9 @@ async fn run(args: Args) -> Result<(), String> {
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let Ok(permit) = s.window.acquire().await else { break };
+                let Ok(permit) = s.window.acquire().await else {
+                    break;
+                };
                 permit.forget();
                 s.sent_at.lock().unwrap().push_back(Instant::now());
                 n += 1;
