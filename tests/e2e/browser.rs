@@ -35,7 +35,8 @@ fn run_page_script(mode: &str, server: &Server) {
 fn two_pages_chat_in_headless_chromium_and_the_history_survives_a_restart() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
-        Path::new(&chromium).exists() && browser_dir().join("node_modules/playwright-core").is_dir(),
+        Path::new(&chromium).exists()
+            && browser_dir().join("node_modules/playwright-core").is_dir(),
         "{chromium} or tests/browser/node_modules is missing: run scripts/test, which installs \
          Debian's chromium and runs `npm ci` in tests/browser"
     );
