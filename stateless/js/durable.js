@@ -204,6 +204,7 @@
       bytes,
       sink,
     );
+    I.touch();
     if (out.error) throw callError(out.error);
     const res = out.response;
     const nullBody = res.status === 101 || res.status === 204 || res.status === 205 ||
@@ -238,7 +239,10 @@
     }
     #cmd(cmd) {
       if (this.#done) throw new Error("This transaction has already ended.");
-      return op_do_txn(this.#token, cmd);
+      return op_do_txn(this.#token, cmd).then((r) => {
+        I.touch();
+        return r;
+      });
     }
     async get(keyOrKeys, _opts) {
       const many = Array.isArray(keyOrKeys);
@@ -336,6 +340,7 @@
         !!opts?.allowConcurrency,
         !!opts?.noCache,
       );
+      I.touch();
       if (many) return entriesToMap(entries);
       return entries.length ? deserialize(entries[0][1], true) : undefined;
     }
@@ -366,7 +371,9 @@
       if (o.start !== undefined && o.startAfter !== undefined) {
         throw new TypeError("list() cannot be called with both start and startAfter values.");
       }
-      return entriesToMap(await op_do_storage_list(this.#h, o));
+      const entries = await op_do_storage_list(this.#h, o);
+      I.touch();
+      return entriesToMap(entries);
     }
     deleteAll(opts) {
       try {
@@ -377,7 +384,9 @@
       return Promise.resolve();
     }
     async getAlarm(opts) {
-      return (await op_do_storage_get_alarm(this.#h, !!opts?.allowConcurrency)) ?? null;
+      const at = await op_do_storage_get_alarm(this.#h, !!opts?.allowConcurrency);
+      I.touch();
+      return at ?? null;
     }
     setAlarm(time, opts) {
       try {
@@ -396,7 +405,7 @@
       return Promise.resolve();
     }
     sync() {
-      return op_do_storage_sync(this.#h, inCriticalSection());
+      return op_do_storage_sync(this.#h, inCriticalSection()).then(() => I.touch());
     }
     async transaction(closure) {
       const token = op_do_txn_begin(this.#h);

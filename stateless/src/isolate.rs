@@ -408,8 +408,9 @@ impl Isolate {
             let fired = self.slot.disarm();
             let heap_hit = rt.heap_hit.load(Ordering::SeqCst);
             drop(rt);
+            let touched = std::mem::take(&mut *self.state.touched.borrow_mut());
             self.state
-                .charge(cpu::thread_cpu_now().saturating_sub(t0), &[], fired);
+                .charge(cpu::thread_cpu_now().saturating_sub(t0), &touched, fired);
             self.state.release_deferred_locks();
             if heap_hit {
                 return Poll::Ready(Err(Stop::MemoryLimit));
@@ -533,8 +534,10 @@ impl Isolate {
         let fired = self.slot.disarm();
         let heap_hit = rt.heap_hit.load(Ordering::SeqCst);
         drop(rt);
+        let mut touched = std::mem::take(&mut *self.state.touched.borrow_mut());
+        touched.push(id);
         self.state
-            .charge(cpu::thread_cpu_now().saturating_sub(t0), &[id], fired);
+            .charge(cpu::thread_cpu_now().saturating_sub(t0), &touched, fired);
         self.state.release_deferred_locks();
         self.state.wake_driver();
         if heap_hit || fired {

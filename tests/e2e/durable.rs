@@ -329,7 +329,7 @@ fn a_runaway_object_is_reset_without_stalling_objects_on_the_other_thread() {
         text
     });
     // The healthy object on the other thread answers while the loop still runs (the loop is
-    // stopped only at its 2 s CPU limit).
+    // stopped only at its 8 s CPU limit).
     assert_eq!(server.get_json(&format!("/increment?name={good}"))["ok"], 2);
     assert!(
         done_rx.try_recv().is_err(),
