@@ -16,6 +16,7 @@ use cinder_stateless::{Host, HostConfig, DEFAULT_HEAP_LIMIT_BYTES};
 use clap::Parser;
 use tokio::sync::watch;
 
+mod bundle;
 mod cli;
 mod config;
 mod cron;
@@ -148,6 +149,15 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         )
     })?;
     for w in &mut workers {
+        match bundle::prepare(&mut w.spec, w.no_bundle) {
+            Ok(bundle::Prepared::AsIs) => {}
+            Ok(bundle::Prepared::Bundled { with, out }) => tracing::info!(
+                worker = %w.spec.name,
+                "bundled with {with} into {}",
+                out.display()
+            ),
+            Err(e) => return Err(e),
+        }
         let mut warnings = Vec::new();
         w.spec.classes = migrations::apply(
             &persist_to,
