@@ -381,15 +381,6 @@ fn build(
             main.display()
         )));
     }
-    if matches!(
-        main.extension().and_then(|e| e.to_str()),
-        Some("ts" | "tsx" | "mts" | "jsx")
-    ) {
-        warnings.push(format!(
-            "{file}: main = {main_rel:?} needs a build step; cinder runs JavaScript modules as they are (bundle with esbuild first)"
-        ));
-    }
-
     let mut vars: Vec<(String, Value)> = raw
         .vars
         .unwrap_or_default()

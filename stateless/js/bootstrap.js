@@ -455,6 +455,7 @@
 
   async function onFetch(ev, handler, env) {
     const waits = [];
+    eventWaits.set(ev.id, waits);
     const ctx = new ExecutionContext(waits);
     let answered = false;
     try {
@@ -491,12 +492,14 @@
       if (!answered) op_cinder_respond_error(ev.id, errorText(e));
     }
     await settleAll(waits);
+    eventWaits.delete(ev.id);
     internals.rpc?.endEvent(ev.id);
     op_cinder_event_done(ev.id, "");
   }
 
   async function onScheduled(ev, handler, env) {
     const waits = [];
+    eventWaits.set(ev.id, waits);
     const ctx = new ExecutionContext(waits);
     let error = "";
     try {
@@ -509,6 +512,7 @@
       error = errorText(e);
     }
     await settleAll(waits);
+    eventWaits.delete(ev.id);
     internals.rpc?.endEvent(ev.id);
     op_cinder_event_done(ev.id, error);
   }
@@ -533,6 +537,23 @@
     return d;
   }
 
+  // Called once per isolate before the worker's modules load: `env` of `cloudflare:workers`.
+  let preparedEnv = null;
+  function prepare(specJson) {
+    preparedEnv = buildEnv(JSON.parse(specJson));
+    cf.env = preparedEnv;
+  }
+
+  // Events' `waitUntil` lists, for `import { waitUntil } from "cloudflare:workers"`.
+  const eventWaits = new Map();
+  function waitUntil(promise) {
+    const actx = core.getAsyncContext();
+    if (actx?.obj) return internals.durable.waitUntil(actx.obj, promise);
+    const waits = eventWaits.get(actx?.eid);
+    if (!waits) throw new Error("waitUntil() was called outside of a request");
+    waits.push(Promise.resolve(promise));
+  }
+
   // Called once per isolate with the worker's evaluated main module: builds `env`, checks the
   // Durable Object classes, starts taking stateless events, and returns the entry through
   // which the Rust side delivers Durable Object events.
@@ -553,7 +574,7 @@
         );
       }
     }
-    const env = buildEnv(spec);
+    const env = preparedEnv ?? buildEnv(spec);
     internals.durable.bind(mod, env, spec);
     const handler = handlerFor(mod, env);
     // Events arrive by synchronous calls from the Rust side (kind 2: a stateless event; the
@@ -637,9 +658,10 @@
     configurable: true,
   });
 
-  const cf = { DurableObject, WorkerEntrypoint, RpcTarget, WorkflowEntrypoint };
+  const cf = { DurableObject, WorkerEntrypoint, RpcTarget, WorkflowEntrypoint, env: {}, waitUntil };
   const moduleData = (specifier) => op_cinder_module_data(specifier).buffer;
   Object.defineProperty(globalThis, Symbol.for("cinder.start"), { value: start });
+  Object.defineProperty(globalThis, Symbol.for("cinder.prepare"), { value: prepare });
   Object.defineProperty(globalThis, Symbol.for("cinder.cf"), { value: cf });
   Object.defineProperty(globalThis, Symbol.for("cinder.moduleData"), { value: moduleData });
 })(globalThis);

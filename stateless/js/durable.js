@@ -671,6 +671,11 @@
   I.DurableObjectState = DurableObjectState;
   I.durable = {
     handleOf: (state) => DurableObjectState.handleOf(state),
+    waitUntil(h, promise) {
+      const o = objects.get(h);
+      if (!o) throw new Error("waitUntil() was called outside of a request");
+      o.state.waitUntil(promise);
+    },
     // A hibernatable socket's event that arrived before ctx.acceptWebSocket() took it.
     deliverWs(h, ev) {
       const o = objects.get(h);

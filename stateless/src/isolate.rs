@@ -296,6 +296,14 @@ impl Isolate {
              delete globalThis[Symbol.for('cinder.internals')];",
         )
         .map_err(|e| load_error(w, &e))?;
+        // `env` exists before the main module runs: `import { env } from "cloudflare:workers"`
+        // is usable at its top level.
+        let spec = serde_json::to_string(&w.env_json).map_err(|e| load_error(w, &e))?;
+        rt.execute_script(
+            "ext:cinder/prepare.js",
+            format!("globalThis[Symbol.for(\"cinder.prepare\")]({spec});"),
+        )
+        .map_err(|e| load_error(w, &e))?;
         let id = rt
             .load_main_es_module(&w.main_url)
             .await

@@ -215,3 +215,28 @@ fn a_message_sent_after_a_write_leaves_once_the_write_is_durable() {
     // Whoever saw the message can rely on the write.
     assert_eq!(server.get_json("/room/store/stored"), json!("v1"));
 }
+
+#[test]
+fn a_partyserver_room_from_npm_runs_unmodified() {
+    let dir = fixture("partyserver");
+    if !dir.join("node_modules/partyserver").is_dir() {
+        let out = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .output()
+            .expect("npm is needed for this test");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let server = Server::start(&[dir.to_str().unwrap()]);
+    let mut a = open(&server, "/parties/chat/room1");
+    assert_eq!(text(&mut a), "welcome room1");
+    let mut b = open(&server, "/parties/chat/room1");
+    assert_eq!(text(&mut b), "welcome room1");
+    send(&mut a, "hello");
+    assert!(text(&mut a).ends_with(": hello"));
+    assert!(text(&mut b).ends_with(": hello"));
+}
