@@ -141,10 +141,10 @@ fn import_specifiers(text: &str) -> Vec<String> {
     let bytes = text.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        let rest = &text[i..];
-        let after = if rest.starts_with("from") && boundary(bytes, i, 4) {
+        let rest = &bytes[i..];
+        let after = if rest.starts_with(b"from") && boundary(bytes, i, 4) {
             Some(i + 4)
-        } else if rest.starts_with("import") && boundary(bytes, i, 6) {
+        } else if rest.starts_with(b"import") && boundary(bytes, i, 6) {
             Some(i + 6)
         } else {
             None
@@ -155,10 +155,10 @@ fn import_specifiers(text: &str) -> Vec<String> {
             }
             if j < bytes.len() && (bytes[j] == b'"' || bytes[j] == b'\'') {
                 let quote = bytes[j];
-                if let Some(len) = text[j + 1..].find(quote as char) {
-                    let spec = &text[j + 1..j + 1 + len];
+                if let Some(len) = bytes[j + 1..].iter().position(|b| *b == quote) {
+                    let spec = String::from_utf8_lossy(&bytes[j + 1..j + 1 + len]);
                     if !spec.contains('\n') {
-                        out.push(spec.to_string());
+                        out.push(spec.into_owned());
                     }
                 }
             }
@@ -227,7 +227,7 @@ import x, { y } from './local.js';
 export { z } from "../up.mjs";
 import "side-effect";
 const m = await import('dynamic');
-const from = 1; // not an import
+const from = 1; // not an import: «ünïcode» around
 import { DurableObject } from "cloudflare:workers";
 "#;
         assert_eq!(

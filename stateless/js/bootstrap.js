@@ -322,6 +322,13 @@
     const signal = request.signal;
     signal?.throwIfAborted?.();
     const { toInnerRequest } = requestMod;
+    {
+      const inner = toInnerRequest(request);
+      const upgrade = inner.headerList.find(([k]) => k.toLowerCase() === "upgrade")?.[1];
+      if (target === "" && upgrade?.toLowerCase() === "websocket") {
+        return internals.ws.connectForFetch(inner.url(), headerPairs(inner.headerList));
+      }
+    }
     for (let hop = 0; ; hop++) {
       const inner = toInnerRequest(request);
       const [kind, bytes, sink] = bodyForRust(inner);

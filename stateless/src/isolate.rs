@@ -429,7 +429,9 @@ impl Isolate {
             match r {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(())) => {
-                    if !self.state.inflight.borrow().is_empty() {
+                    if !self.state.inflight.borrow().is_empty()
+                        && self.state.open_sockets.get() == 0
+                    {
                         self.settle_stuck_events();
                     }
                     if self.state.closing.get() {
