@@ -405,8 +405,8 @@
         throw new TypeError("connect() on service bindings is not supported by cinder");
       },
     };
-    const target = internals.rpc.makeTarget((message, caller, inCs) =>
-      core.ops.op_rpc_call_service(binding, caller, inCs, message)
+    const target = internals.rpc.makeTarget((message, caller, inCs, sinks) =>
+      core.ops.op_rpc_call_service(binding, caller, inCs, message, sinks)
     );
     return internals.rpc.makeStub(target, base);
   }
@@ -648,6 +648,11 @@
     toInnerResponse,
     streamFromBody,
     bodyForRust,
+    pumpStream(stream) {
+      const sink = op_cinder_sink_new();
+      pump(stream, sink);
+      return sink;
+    },
     headerPairs,
     console,
     executionContext: (waits) => new ExecutionContext(waits),
