@@ -592,6 +592,7 @@
         body,
         duplex: "half",
       });
+      I.setCf(request, I.localCf(ev));
       if (typeof o.instance.fetch !== "function") {
         throw new TypeError("Handler does not export a fetch() function.");
       }
