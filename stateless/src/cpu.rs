@@ -41,7 +41,7 @@ pub(crate) struct Slot {
     armed: Mutex<Option<Armed>>,
     fired: AtomicBool,
     /// When the JS turn running now started (ms on the process clock, +1), 0 when none runs:
-    /// the host steers new stateless events away from a thread stuck in a long turn.
+    /// the host steers new stateless events away from a thread in the middle of a turn.
     busy_since: Arc<AtomicU64>,
 }
 

@@ -42,11 +42,10 @@ pub(crate) struct HostInner {
     pub(crate) hibernate_after: Duration,
     /// Per executor thread, when its current JS turn started (0: none running).
     busy: Arc<Vec<Arc<AtomicU64>>>,
+    /// The runtime that started the host (the gateway's network runtime), for network work
+    /// the executors start (outgoing WebSockets).
+    pub(crate) net: Option<tokio::runtime::Handle>,
 }
-
-/// A thread whose JS turn has run this long is skipped by new stateless events while another
-/// thread is free (a runaway object or loop stalls only its own thread's isolate).
-const BUSY_SKIP_MS: u64 = 50;
 
 /// The isolate holding an exported value.
 #[derive(Clone)]
@@ -295,6 +294,7 @@ impl Host {
             sockets: Default::default(),
             hibernate_after: cfg.hibernate_after,
             busy,
+            net: tokio::runtime::Handle::try_current().ok(),
         });
         let _ = host_cell.set(Arc::downgrade(&inner));
         Ok(Host { inner })
@@ -385,16 +385,18 @@ impl Host {
 }
 
 impl HostInner {
-    /// Round robin, skipping threads stuck in a long JS turn when a free one exists.
+    /// Round robin, skipping threads in the middle of a JS turn when one is free: an event
+    /// could not start there before the turn ends, and a runaway loop then stalls only its
+    /// own thread's isolate.
     fn pick_thread(&self) -> usize {
         let n = self.threads.max(1);
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let now = crate::cpu::busy_clock();
         (0..n)
             .map(|k| (start + k) % n)
             .find(|&i| {
-                let since = self.busy.get(i).map_or(0, |b| b.load(Ordering::Relaxed));
-                since == 0 || now.saturating_sub(since) < BUSY_SKIP_MS
+                self.busy
+                    .get(i)
+                    .is_none_or(|b| b.load(Ordering::Relaxed) == 0)
             })
             .unwrap_or(start % n)
     }

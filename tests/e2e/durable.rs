@@ -328,8 +328,9 @@ fn a_runaway_object_is_reset_without_stalling_objects_on_the_other_thread() {
         let _ = done_tx.send(());
         text
     });
-    // The healthy object on the other thread answers while the loop still runs (the loop is
-    // stopped only at its 2 s CPU limit).
+    // Once the loop runs, the healthy object on the other thread answers while the loop still
+    // runs (it is stopped only at its 8 s CPU limit).
+    server.log_where(|l| l.contains("spinning now"));
     assert_eq!(server.get_json(&format!("/increment?name={good}"))["ok"], 2);
     assert!(
         done_rx.try_recv().is_err(),
@@ -415,5 +416,14 @@ fn acknowledged_increments_survive_kill_9_and_none_is_acknowledged_twice() {
     assert!(
         last >= *sorted.last().unwrap(),
         "an acknowledged increment was lost"
+    );
+}
+
+#[test]
+fn rpc_moves_readable_streams_both_ways() {
+    let server = start();
+    assert_eq!(
+        server.get_json("/rpc-streams?name=streams"),
+        json!({"sent": 100000, "received": 50000})
     );
 }
