@@ -52,6 +52,8 @@ pub struct WorkerConfig {
     pub migrations: Vec<Migration>,
     /// `[[d1_databases]]` as written (`cinder d1` needs more of them than the engine does).
     pub d1: Vec<D1Config>,
+    /// `no_bundle = true`: run `main` as it is even if it imports packages.
+    pub no_bundle: bool,
     /// `[dev]` `ip` and `port`: defaults for `cinder dev` when the flags are absent.
     pub dev_ip: Option<String>,
     pub dev_port: Option<u16>,
@@ -407,15 +409,6 @@ fn build(
             main.display()
         )));
     }
-    if matches!(
-        main.extension().and_then(|e| e.to_str()),
-        Some("ts" | "tsx" | "mts" | "jsx")
-    ) {
-        warnings.push(format!(
-            "{file}: main = {main_rel:?} needs a build step; cinder runs JavaScript modules as they are (bundle with esbuild first)"
-        ));
-    }
-
     let mut vars: Vec<(String, Value)> = raw
         .vars
         .unwrap_or_default()
@@ -577,6 +570,11 @@ fn build(
         },
         migrations,
         d1,
+        no_bundle: raw
+            .no_bundle
+            .as_ref()
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         dev_ip,
         dev_port,
         warnings,

@@ -102,13 +102,26 @@
   // comes from the async context the timer was set in; inside its own critical section the
   // callback belongs to the section and runs at once.
   const internals = { __proto__: null };
+  // Tells the runtime which event's code resumes (after an await of its I/O, or a timer): the
+  // CPU of the turn is charged to it, not split among every event in flight.
+  function touch() {
+    const eid = core.getAsyncContext()?.eid;
+    if (eid) core.ops.op_cinder_touch(eid);
+  }
   // deno_core's queueMicrotask (reports a throwing callback instead of losing it).
   const queueMicrotask = globalThis.queueMicrotask;
   function gateCallback(cb) {
     const ctx = core.getAsyncContext();
-    if (typeof cb !== "function" || !ctx?.obj || ctx.cs) return cb;
+    if (typeof cb !== "function") return cb;
+    if (!ctx?.obj || ctx.cs) {
+      return function timed(...args) {
+        touch();
+        return cb.apply(this, args);
+      };
+    }
     const h = ctx.obj;
     return function gated(...args) {
+      touch();
       if (internals.inputOpen(h)) return cb.apply(this, args);
       internals.inputWait(h).then(() => cb.apply(this, args), () => {});
     };
@@ -235,6 +248,7 @@
       type: "bytes",
       async pull(controller) {
         const chunk = await op_cinder_body_read(bodyId);
+        touch();
         if (chunk === null) {
           controller.close();
           controller.byobRequest?.respond(0);
@@ -262,7 +276,9 @@
         } else if (!(chunk instanceof Uint8Array)) {
           chunk = new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
         }
-        if (!(await op_cinder_sink_write(sink, chunk))) {
+        const written = await op_cinder_sink_write(sink, chunk);
+        touch();
+        if (!written) {
           await reader.cancel("the receiver went away");
           break;
         }
@@ -306,6 +322,13 @@
     const signal = request.signal;
     signal?.throwIfAborted?.();
     const { toInnerRequest } = requestMod;
+    {
+      const inner = toInnerRequest(request);
+      const upgrade = inner.headerList.find(([k]) => k.toLowerCase() === "upgrade")?.[1];
+      if (target === "" && upgrade?.toLowerCase() === "websocket") {
+        return internals.ws.connectForFetch(inner.url(), headerPairs(inner.headerList));
+      }
+    }
     for (let hop = 0; ; hop++) {
       const inner = toInnerRequest(request);
       const [kind, bytes, sink] = bodyForRust(inner);
@@ -319,6 +342,7 @@
         actx?.obj ?? 0,
         !!actx?.cs,
       );
+      touch();
       const nullBody = res.status === 101 || res.status === 204 || res.status === 205 ||
         res.status === 304 || inner.method === "HEAD";
       const body = res.body === null || nullBody ? null : streamFromBody(res.body);
@@ -381,8 +405,8 @@
         throw new TypeError("connect() on service bindings is not supported by cinder");
       },
     };
-    const target = internals.rpc.makeTarget((message, caller, inCs) =>
-      core.ops.op_rpc_call_service(binding, caller, inCs, message)
+    const target = internals.rpc.makeTarget((message, caller, inCs, sinks) =>
+      core.ops.op_rpc_call_service(binding, caller, inCs, message, sinks)
     );
     return internals.rpc.makeStub(target, base);
   }
@@ -436,8 +460,48 @@
     }
   }
 
+  // `request.cf`: what Cloudflare's edge knows of the client. A local server knows nothing of
+  // it, so these are fixed placeholders (as wrangler dev's), with the connection's facts.
+  const cfs = new WeakMap();
+  function setCf(request, cf) {
+    cfs.set(request, cf);
+  }
+  Object.defineProperty(Request.prototype, "cf", {
+    get() {
+      return cfs.get(this);
+    },
+    configurable: true,
+    enumerable: true,
+  });
+  function localCf(ev) {
+    return {
+      asn: 0,
+      asOrganization: "",
+      colo: "LCL",
+      country: "XX",
+      city: "",
+      continent: "",
+      region: "",
+      regionCode: "",
+      postalCode: "",
+      metroCode: "",
+      latitude: "0.00000",
+      longitude: "0.00000",
+      timezone: "UTC",
+      httpProtocol: "HTTP/1.1",
+      tlsVersion: "",
+      tlsCipher: "",
+      clientTcpRtt: 0,
+      requestPriority: "",
+      edgeRequestKeepAliveStatus: 1,
+      clientAcceptEncoding: ev.headers.find(([k]) => k.toLowerCase() === "accept-encoding")?.[1] ?? "",
+      botManagement: { score: 99, verifiedBot: false, staticResource: false, corporateProxy: false },
+    };
+  }
+
   async function onFetch(ev, handler, env) {
     const waits = [];
+    eventWaits.set(ev.id, waits);
     const ctx = new ExecutionContext(waits);
     let answered = false;
     try {
@@ -448,6 +512,7 @@
         body,
         duplex: "half",
       });
+      setCf(request, localCf(ev));
       if (typeof handler?.fetch !== "function") {
         throw new TypeError("Handler does not export a fetch() function.");
       }
@@ -474,12 +539,14 @@
       if (!answered) op_cinder_respond_error(ev.id, errorText(e));
     }
     await settleAll(waits);
+    eventWaits.delete(ev.id);
     internals.rpc?.endEvent(ev.id);
     op_cinder_event_done(ev.id, "");
   }
 
   async function onScheduled(ev, handler, env) {
     const waits = [];
+    eventWaits.set(ev.id, waits);
     const ctx = new ExecutionContext(waits);
     let error = "";
     try {
@@ -492,6 +559,7 @@
       error = errorText(e);
     }
     await settleAll(waits);
+    eventWaits.delete(ev.id);
     internals.rpc?.endEvent(ev.id);
     op_cinder_event_done(ev.id, error);
   }
@@ -517,6 +585,23 @@
     return d;
   }
 
+  // Called once per isolate before the worker's modules load: `env` of `cloudflare:workers`.
+  let preparedEnv = null;
+  function prepare(specJson) {
+    preparedEnv = buildEnv(JSON.parse(specJson));
+    cf.env = preparedEnv;
+  }
+
+  // Events' `waitUntil` lists, for `import { waitUntil } from "cloudflare:workers"`.
+  const eventWaits = new Map();
+  function waitUntil(promise) {
+    const actx = core.getAsyncContext();
+    if (actx?.obj) return internals.durable.waitUntil(actx.obj, promise);
+    const waits = eventWaits.get(actx?.eid);
+    if (!waits) throw new Error("waitUntil() was called outside of a request");
+    waits.push(Promise.resolve(promise));
+  }
+
   // Called once per isolate with the worker's evaluated main module: builds `env`, checks the
   // Durable Object classes, starts taking stateless events, and returns the entry through
   // which the Rust side delivers Durable Object events.
@@ -537,7 +622,7 @@
         );
       }
     }
-    const env = buildEnv(spec);
+    const env = preparedEnv ?? buildEnv(spec);
     internals.durable.bind(mod, env, spec);
     const handler = handlerFor(mod, env);
     // Events arrive by synchronous calls from the Rust side (kind 2: a stateless event; the
@@ -604,10 +689,18 @@
     toInnerResponse,
     streamFromBody,
     bodyForRust,
+    pumpStream(stream) {
+      const sink = op_cinder_sink_new();
+      pump(stream, sink);
+      return sink;
+    },
     headerPairs,
     console,
     executionContext: (waits) => new ExecutionContext(waits),
+    setCf,
+    localCf,
     events: event,
+    touch,
     settleAll,
     DurableObject,
     WorkerEntrypoint,
@@ -620,9 +713,10 @@
     configurable: true,
   });
 
-  const cf = { DurableObject, WorkerEntrypoint, RpcTarget, WorkflowEntrypoint };
+  const cf = { DurableObject, WorkerEntrypoint, RpcTarget, WorkflowEntrypoint, env: {}, waitUntil };
   const moduleData = (specifier) => op_cinder_module_data(specifier).buffer;
   Object.defineProperty(globalThis, Symbol.for("cinder.start"), { value: start });
+  Object.defineProperty(globalThis, Symbol.for("cinder.prepare"), { value: prepare });
   Object.defineProperty(globalThis, Symbol.for("cinder.cf"), { value: cf });
   Object.defineProperty(globalThis, Symbol.for("cinder.moduleData"), { value: moduleData });
 })(globalThis);

@@ -164,8 +164,8 @@
   function makeStub(t) {
     const where = { binding: t.binding, jurisdiction: t.jurisdiction, hex: t.hex, name: t.name };
     t.where = where;
-    const target = I.rpc.makeTarget((message, caller, inCs) =>
-      op_do_rpc(where, caller, inCs, message)
+    const target = I.rpc.makeTarget((message, caller, inCs, sinks) =>
+      op_do_rpc(where, caller, inCs, message, sinks)
     );
     const base = {
       get id() {
@@ -204,6 +204,7 @@
       bytes,
       sink,
     );
+    I.touch();
     if (out.error) throw callError(out.error);
     const res = out.response;
     const nullBody = res.status === 101 || res.status === 204 || res.status === 205 ||
@@ -238,7 +239,10 @@
     }
     #cmd(cmd) {
       if (this.#done) throw new Error("This transaction has already ended.");
-      return op_do_txn(this.#token, cmd);
+      return op_do_txn(this.#token, cmd).then((r) => {
+        I.touch();
+        return r;
+      });
     }
     async get(keyOrKeys, _opts) {
       const many = Array.isArray(keyOrKeys);
@@ -340,6 +344,7 @@
         !!opts?.allowConcurrency,
         !!opts?.noCache,
       );
+      I.touch();
       if (many) return entriesToMap(entries);
       return entries.length ? deserialize(entries[0][1], true) : undefined;
     }
@@ -370,7 +375,9 @@
       if (o.start !== undefined && o.startAfter !== undefined) {
         throw new TypeError("list() cannot be called with both start and startAfter values.");
       }
-      return entriesToMap(await op_do_storage_list(this.#h, o));
+      const entries = await op_do_storage_list(this.#h, o);
+      I.touch();
+      return entriesToMap(entries);
     }
     deleteAll(opts) {
       try {
@@ -381,7 +388,9 @@
       return Promise.resolve();
     }
     async getAlarm(opts) {
-      return (await op_do_storage_get_alarm(this.#h, !!opts?.allowConcurrency)) ?? null;
+      const at = await op_do_storage_get_alarm(this.#h, !!opts?.allowConcurrency);
+      I.touch();
+      return at ?? null;
     }
     setAlarm(time, opts) {
       try {
@@ -400,7 +409,7 @@
       return Promise.resolve();
     }
     sync() {
-      return op_do_storage_sync(this.#h, inCriticalSection());
+      return op_do_storage_sync(this.#h, inCriticalSection()).then(() => I.touch());
     }
     async transaction(closure) {
       // SQLite-backed: a savepoint that everything in the closure joins (js/sql.js).
@@ -518,7 +527,9 @@
     const ctx = { rid: ev.requestId, eid, obj: ev.handle, cs: 0 };
     if (ev.kind === "construct") return withContext(ctx, () => construct(ev));
     if (ev.kind === "export") {
-      withContext({ ...ctx, obj: 0 }, () => rpcEvent(eid, () => I.rpc.serveExport(ev.exportId, ev.message, eid)));
+      withContext({ ...ctx, obj: 0 }, () =>
+        rpcEvent(eid, () => I.rpc.serveExport(ev.exportId, ev.message, eid, ev.streams))
+      );
       return undefined;
     }
     if (ev.kind === "entrypoint") {
@@ -542,7 +553,8 @@
 
   async function rpcEvent(eid, run) {
     try {
-      op_do_return(eid, 0, await run());
+      const { bytes, sinks } = await run();
+      op_do_return(eid, 0, bytes, sinks);
     } catch (e) {
       const info = errorInfo(e);
       op_do_throw(eid, info.name, info.message);
@@ -564,7 +576,7 @@
     const waits = [];
     const instance = new cls(I.executionContext(waits), workerEnv);
     try {
-      return await I.rpc.serve(instance, ev.message, eid, true);
+      return await I.rpc.serve(instance, ev.message, eid, true, ev.streams);
     } finally {
       I.settleAll(waits);
     }
@@ -602,6 +614,7 @@
         body,
         duplex: "half",
       });
+      I.setCf(request, I.localCf(ev));
       if (typeof o.instance.fetch !== "function") {
         throw new TypeError("Handler does not export a fetch() function.");
       }
@@ -642,8 +655,8 @@
           "The receiving Durable Object does not support RPC, because its class was not declared with `extends DurableObject`. In order to enable RPC, make sure your class extends the special class `DurableObject`, which can be imported from the module \"cloudflare:workers\".",
         );
       }
-      const reply = await I.rpc.serve(o.instance, ev.message, eid, true);
-      op_do_return(eid, 0, reply);
+      const { bytes, sinks } = await I.rpc.serve(o.instance, ev.message, eid, true, ev.streams);
+      op_do_return(eid, 0, bytes, sinks);
     } catch (e) {
       const info = errorInfo(e);
       op_do_throw(eid, info.name, info.message);
@@ -654,7 +667,7 @@
   async function objectWs(eid, ev, o) {
     try {
       await I.ws.objectWsEvent(o.instance, ev.handle, ev.ws);
-      op_do_return(eid, 1, new Uint8Array(0));
+      op_do_return(eid, 1, new Uint8Array(0), []);
     } catch (e) {
       console.error("Uncaught (in WebSocket handler)", e);
       const info = errorInfo(e);
@@ -672,7 +685,7 @@
           isRetry: ev.isRetry,
         });
       }
-      op_do_return(eid, 1, new Uint8Array(0));
+      op_do_return(eid, 1, new Uint8Array(0), []);
     } catch (e) {
       console.error("Uncaught (in alarm)", e);
       const info = errorInfo(e);
@@ -684,6 +697,11 @@
   I.DurableObjectState = DurableObjectState;
   I.durable = {
     handleOf: (state) => DurableObjectState.handleOf(state),
+    waitUntil(h, promise) {
+      const o = objects.get(h);
+      if (!o) throw new Error("waitUntil() was called outside of a request");
+      o.state.waitUntil(promise);
+    },
     // A hibernatable socket's event that arrived before ctx.acceptWebSocket() took it.
     deliverWs(h, ev) {
       const o = objects.get(h);

@@ -28,9 +28,11 @@
     op_ws_set_event_timeout,
     op_ws_get_event_timeout,
     op_ws_take,
+    op_ws_connect,
   } = core.ops;
   const { EventTarget, MessageEvent, CloseEvent, ErrorEvent, Event, defineEventHandler } =
     I.events;
+  const { DOMException } = I;
 
   const TOKEN = Symbol("cinder.ws");
   const CONNECTING = 0, OPEN = 1, CLOSING = 2, CLOSED = 3;
@@ -71,16 +73,47 @@
     #protocol = "";
 
     constructor(token, id, end, object = 0) {
-      if (token !== TOKEN) {
-        throw new TypeError(
-          "new WebSocket(url) is not supported by cinder yet; use fetch() with an Upgrade: websocket header",
-        );
-      }
       super();
+      if (token !== TOKEN) {
+        // `new WebSocket(url, protocols)`: an outgoing connection, open once connected.
+        this.#connect(String(token), id);
+        return;
+      }
       this.#id = id;
       this.#end = end;
       this.#object = object;
       if (end === "hibernatable") this.#accepted = true;
+    }
+
+    #connect(url, protocols) {
+      this.#url = url;
+      this.#end = "server";
+      this.#state = CONNECTING;
+      this.#accepted = true;
+      const actx = core.getAsyncContext();
+      this.#object = actx?.obj ?? 0;
+      const list = protocols === undefined ? [] : Array.isArray(protocols) ? protocols.map(String) : [String(protocols)];
+      op_ws_connect({ url, protocols: list, headers: [] }, this.#object, !!actx?.cs, true).then(
+        (r) => {
+          I.touch();
+          if (r.error) {
+            this.#state = CLOSED;
+            this.dispatchEvent(new ErrorEvent("error", { message: r.error }));
+            this.dispatchEvent(new CloseEvent("close", { code: 1006, reason: "", wasClean: false }));
+            return;
+          }
+          this.#id = r.socket;
+          this.#protocol = r.protocol;
+          this.#state = OPEN;
+          accepted.set(this.#id, this);
+          this.dispatchEvent(new Event("open"));
+        },
+        (e) => {
+          this.#state = CLOSED;
+          this.dispatchEvent(new ErrorEvent("error", { message: String(e?.message ?? e) }));
+          this.dispatchEvent(new CloseEvent("close", { code: 1006, reason: "", wasClean: false }));
+        },
+      );
     }
 
     static _id(ws) {
@@ -128,6 +161,9 @@
           "You must call one of accept() or state.acceptWebSocket() on this WebSocket before sending messages.",
         );
       }
+      if (this.#state === CONNECTING) {
+        throw new DOMException("WebSocket is not open yet", "InvalidStateError");
+      }
       if (this.#state !== OPEN) {
         throw new TypeError("Can't call WebSocket send() after close().");
       }
@@ -174,8 +210,9 @@
     }
 
     _closed() {
+      if (this.#state === CLOSED) return;
       this.#state = CLOSED;
-      if (this.#end === "server" && this.#object) op_ws_released(this.#object);
+      if (this.#end === "server" && accepted.has(this.#id)) op_ws_released(this.#object);
       accepted.delete(this.#id);
     }
 
@@ -289,6 +326,23 @@
     });
   }
 
+  // `fetch(url, { headers: { Upgrade: "websocket" } })`: a `101` whose `webSocket` is the
+  // connected socket, to `accept()`.
+  async function connectForFetch(url, headers) {
+    const protocols = (headers.find(([k]) => k.toLowerCase() === "sec-websocket-protocol")?.[1] ?? "")
+      .split(",")
+      .map((p) => p.trim())
+      .filter(Boolean);
+    const actx = core.getAsyncContext();
+    const r = await op_ws_connect({ url, protocols, headers }, actx?.obj ?? 0, !!actx?.cs, false);
+    I.touch();
+    if (r.error) throw new TypeError(r.error);
+    const ws = new WebSocket(TOKEN, r.socket, "server");
+    const h = new I.Headers();
+    if (r.protocol) h.set("sec-websocket-protocol", r.protocol);
+    return new ResponseWithWebSocket(null, { status: 101, headers: h, webSocket: ws });
+  }
+
   // --- The hibernation API of DurableObjectState.
   const hibernatable = new Map(); // object handle -> Map(socket id -> WebSocket)
 
@@ -396,7 +450,14 @@
     }
   }
 
-  I.ws = { entry, responseSocket, webSocketResponse, objectWsEvent, forget: (obj) => hibernatable.delete(obj) };
+  I.ws = {
+    entry,
+    responseSocket,
+    webSocketResponse,
+    objectWsEvent,
+    connectForFetch,
+    forget: (obj) => hibernatable.delete(obj),
+  };
 
   const def = (value) => ({ value, writable: true, enumerable: false, configurable: true });
   Object.defineProperties(globalThis, {

@@ -40,6 +40,11 @@ pub(crate) struct HostInner {
     pub(crate) sockets: crate::websocket::Sockets,
     /// See [`HostConfig::hibernate_after`].
     pub(crate) hibernate_after: Duration,
+    /// Per executor thread, when its current JS turn started (0: none running).
+    busy: Arc<Vec<Arc<AtomicU64>>>,
+    /// The runtime that started the host (the gateway's network runtime), for network work
+    /// the executors start (outgoing WebSockets).
+    pub(crate) net: Option<tokio::runtime::Handle>,
 }
 
 /// The isolate holding an exported value.
@@ -225,10 +230,17 @@ impl Host {
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
         let start_workers = workers.clone();
+        let busy: Arc<Vec<Arc<AtomicU64>>> =
+            Arc::new((0..threads).map(|_| Arc::new(AtomicU64::new(0))).collect());
+        let thread_busy = busy.clone();
         let rt_cfg = RuntimeConfig {
             threads,
-            on_thread_start: Some(Arc::new(move |_index| {
-                thread::start(start_workers.clone(), ready_tx.clone())
+            on_thread_start: Some(Arc::new(move |index| {
+                thread::start(
+                    start_workers.clone(),
+                    ready_tx.clone(),
+                    thread_busy[index % thread_busy.len()].clone(),
+                )
             })),
             on_thread_stop: Some(Arc::new(|_index| thread::stop())),
             ..RuntimeConfig::default()
@@ -285,6 +297,8 @@ impl Host {
             exports: Default::default(),
             sockets: Default::default(),
             hibernate_after: cfg.hibernate_after,
+            busy,
+            net: tokio::runtime::Handle::try_current().ok(),
         });
         let _ = host_cell.set(Arc::downgrade(&inner));
         Ok(Host { inner })
@@ -375,6 +389,22 @@ impl Host {
 }
 
 impl HostInner {
+    /// Round robin, skipping threads in the middle of a JS turn when one is free: an event
+    /// could not start there before the turn ends, and a runaway loop then stalls only its
+    /// own thread's isolate.
+    fn pick_thread(&self) -> usize {
+        let n = self.threads.max(1);
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| {
+                self.busy
+                    .get(i)
+                    .is_none_or(|b| b.load(Ordering::Relaxed) == 0)
+            })
+            .unwrap_or(start % n)
+    }
+
     fn request_id(&self) -> String {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
         format!("{:016x}", self.request_base.wrapping_add(n))
@@ -384,7 +414,7 @@ impl HostInner {
     /// runtime is shut down, so the caller can answer it.
     #[allow(clippy::result_large_err)]
     fn send(&self, worker: &str, event: Event) -> Result<(), Event> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.max(1);
+        let i = self.pick_thread();
         let slot = Arc::new(std::sync::Mutex::new(Some(event)));
         let taken = slot.clone();
         let worker = worker.to_string();

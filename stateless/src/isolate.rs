@@ -296,6 +296,14 @@ impl Isolate {
              delete globalThis[Symbol.for('cinder.internals')];",
         )
         .map_err(|e| load_error(w, &e))?;
+        // `env` exists before the main module runs: `import { env } from "cloudflare:workers"`
+        // is usable at its top level.
+        let spec = serde_json::to_string(&w.env_json).map_err(|e| load_error(w, &e))?;
+        rt.execute_script(
+            "ext:cinder/prepare.js",
+            format!("globalThis[Symbol.for(\"cinder.prepare\")]({spec});"),
+        )
+        .map_err(|e| load_error(w, &e))?;
         let id = rt
             .load_main_es_module(&w.main_url)
             .await
@@ -408,8 +416,9 @@ impl Isolate {
             let fired = self.slot.disarm();
             let heap_hit = rt.heap_hit.load(Ordering::SeqCst);
             drop(rt);
+            let touched = std::mem::take(&mut *self.state.touched.borrow_mut());
             self.state
-                .charge(cpu::thread_cpu_now().saturating_sub(t0), &[], fired);
+                .charge(cpu::thread_cpu_now().saturating_sub(t0), &touched, fired);
             self.state.release_deferred_locks();
             if heap_hit {
                 return Poll::Ready(Err(Stop::MemoryLimit));
@@ -420,7 +429,9 @@ impl Isolate {
             match r {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(())) => {
-                    if !self.state.inflight.borrow().is_empty() {
+                    if !self.state.inflight.borrow().is_empty()
+                        && self.state.open_sockets.get() == 0
+                    {
                         self.settle_stuck_events();
                     }
                     if self.state.closing.get() {
@@ -533,8 +544,10 @@ impl Isolate {
         let fired = self.slot.disarm();
         let heap_hit = rt.heap_hit.load(Ordering::SeqCst);
         drop(rt);
+        let mut touched = std::mem::take(&mut *self.state.touched.borrow_mut());
+        touched.push(id);
         self.state
-            .charge(cpu::thread_cpu_now().saturating_sub(t0), &[id], fired);
+            .charge(cpu::thread_cpu_now().saturating_sub(t0), &touched, fired);
         self.state.release_deferred_locks();
         self.state.wake_driver();
         if heap_hit || fired {

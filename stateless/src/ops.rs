@@ -25,6 +25,7 @@ deno_core::extension!(
     deps = [deno_webidl, deno_web, deno_crypto, deno_fetch],
     ops = [
         op_cinder_take_event,
+        op_cinder_touch,
         op_cinder_respond,
         op_cinder_respond_error,
         op_cinder_event_done,
@@ -156,6 +157,17 @@ pub(crate) fn admit(st: &IsolateState, event: Event) -> u32 {
     );
     st.pending_stateless.borrow_mut().insert(id, ev);
     id
+}
+
+/// Event `eid`'s code resumes now (its I/O completed): this turn's CPU is charged to it.
+#[op2(fast)]
+fn op_cinder_touch(state: &mut OpState, #[smi] eid: u32) {
+    if let Some(st) = isolate(state) {
+        let mut t = st.touched.borrow_mut();
+        if !t.contains(&eid) {
+            t.push(eid);
+        }
+    }
 }
 
 #[op2]

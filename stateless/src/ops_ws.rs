@@ -122,6 +122,7 @@ fn op_ws_accept(
             },
         )
         .map_err(JsErrorBox::type_error)?;
+    st.open_sockets.set(st.open_sockets.get() + 1);
     if let Some(obj) = st.object(object) {
         // A plain socket keeps its object in memory (it cannot hibernate).
         obj.plain_sockets.set(obj.plain_sockets.get() + 1);
@@ -132,10 +133,12 @@ fn op_ws_accept(
         .collect())
 }
 
-/// A plain socket of an object closed: it no longer pins the object in memory.
+/// A socket accepted here closed: it no longer keeps the isolate busy, nor its object (if
+/// any) in memory.
 #[op2(fast)]
 fn op_ws_released(state: &mut OpState, #[smi] object: u32) {
     if let Ok(st) = isolate(state) {
+        st.open_sockets.set(st.open_sockets.get().saturating_sub(1));
         if let Some(obj) = st.object(object) {
             obj.plain_sockets
                 .set(obj.plain_sockets.get().saturating_sub(1));
@@ -438,9 +441,107 @@ fn op_do_timers(state: &mut OpState, #[smi] object: u32, delta: i32) {
     }
 }
 
+/// What `new WebSocket(url)` or `fetch(url, {headers: {Upgrade: "websocket"}})` asks for.
+#[derive(serde::Deserialize)]
+pub(crate) struct ConnectArgs {
+    url: String,
+    protocols: Vec<String>,
+    headers: Vec<(deno_core::ByteString, deno_core::ByteString)>,
+}
+
+#[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Connected {
+    socket: f64,
+    protocol: String,
+    error: Option<String>,
+}
+
+/// Opens an outgoing WebSocket under the same address rules as the global `fetch()`. With
+/// `accept` (`new WebSocket(url)`) its events flow at once; otherwise (`fetch` with an
+/// `Upgrade` header) they wait for `ws.accept()`.
+#[op2]
+#[serde]
+fn op_ws_connect(
+    state: &mut OpState,
+    #[serde] args: ConnectArgs,
+    #[smi] caller: u32,
+    in_cs: bool,
+    accept: bool,
+) -> impl std::future::Future<Output = Result<Connected, JsErrorBox>> {
+    let prepared = isolate(state).and_then(|st| {
+        let host = host(&st)?;
+        let thread = cinder_core::Runtime::current_executor()
+            .ok_or_else(|| JsErrorBox::generic("not on an executor thread"))?;
+        Ok((st, host, thread))
+    });
+    async move {
+        let (st, host, thread) = prepared?;
+        let allow_private = st.worker.allow_private_fetch;
+        let connect =
+            crate::ws_delivery::connect(args.url, args.protocols, args.headers, allow_private);
+        let result = crate::ops_do::outbound(&st, caller, in_cs, connect)
+            .await
+            .map_err(|e| JsErrorBox::generic(e.message))?;
+        let (ws, protocol) = match result {
+            Ok(v) => v,
+            Err(message) => {
+                return Ok(Connected {
+                    error: Some(message),
+                    ..Default::default()
+                })
+            }
+        };
+        let socket = host.sockets.create();
+        if accept {
+            st.open_sockets.set(st.open_sockets.get() + 1);
+            let _ = host.sockets.accept_plain(
+                socket.id,
+                Target::Isolate {
+                    thread,
+                    worker: st.worker.spec.name.clone(),
+                    object: caller,
+                },
+            );
+            if let Some(obj) = st.object(caller) {
+                obj.plain_sockets.set(obj.plain_sockets.get() + 1);
+            }
+        }
+        let outgoing = socket
+            .state
+            .lock()
+            .map_err(|_| JsErrorBox::generic("socket state poisoned"))?
+            .out_rx
+            .take()
+            .ok_or_else(|| JsErrorBox::generic("socket already connected"))?;
+        let id = socket.id;
+        let link = crate::websocket::SocketLink {
+            socket,
+            host: Arc::downgrade(&host),
+            outgoing,
+        };
+        // Network work runs on the gateway's runtime (this future is polled outside any
+        // LocalSet, so it could not spawn a local task anyway).
+        match &host.net {
+            Some(net) => {
+                net.spawn(crate::ws_delivery::pump(ws, link));
+            }
+            None => {
+                tokio::spawn(crate::ws_delivery::pump(ws, link));
+            }
+        }
+        Ok(Connected {
+            socket: id as f64,
+            protocol,
+            error: None,
+        })
+    }
+}
+
 deno_core::extension!(
     cinder_ws,
     ops = [
+        op_ws_connect,
         op_ws_pair,
         op_ws_accept,
         op_ws_released,

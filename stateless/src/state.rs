@@ -95,6 +95,12 @@ pub(crate) struct IsolateState {
     pub pending_ws: RefCell<HashMap<u32, crate::ops_ws::JsWsEvent>>,
     /// Per socket, what an object sent that waits for its output gate.
     pub ws_send_queues: RefCell<HashMap<u64, Rc<crate::ops_ws::SendQueue>>>,
+    /// Sockets accepted in this isolate (`ws.accept()`, `new WebSocket`) and still open: their
+    /// messages may yet settle a pending promise, so the isolate is not idle while any is.
+    pub open_sockets: Cell<u32>,
+    /// Events whose code resumed in the current event-loop turn (reported by JS where an await
+    /// of its I/O returns): the turn's CPU is charged to them.
+    pub touched: RefCell<Vec<u32>>,
     /// Open `transaction()` bodies, by token.
     pub transactions: RefCell<HashMap<u32, crate::ops_do::TxnChannel>>,
 }
@@ -119,6 +125,8 @@ impl IsolateState {
             critical_sections: RefCell::new(HashMap::new()),
             transactions: RefCell::new(HashMap::new()),
             pending_ws: RefCell::new(HashMap::new()),
+            touched: RefCell::new(Vec::new()),
+            open_sockets: Cell::new(0),
             ws_send_queues: RefCell::new(HashMap::new()),
         }
     }

@@ -14,7 +14,7 @@ use futures::future::LocalBoxFuture;
 use tokio::sync::oneshot;
 
 use crate::cpu::Slot;
-use crate::event::{error_response, stop_response, Event, Stop};
+use crate::event::{error_response, stop_response, unavailable_response, Event, Stop, Unavailable};
 use crate::isolate::{fill, Isolate, Spare, WorkerShared};
 use crate::state::{IsolateState, Reply};
 use crate::{HostError, LoadError};
@@ -58,10 +58,11 @@ pub(crate) type Ready = Result<Vec<(usize, LoadError)>, LoadError>;
 pub(crate) fn start(
     workers: Arc<Vec<Arc<WorkerShared>>>,
     ready: std::sync::mpsc::Sender<Ready>,
+    busy_since: Arc<std::sync::atomic::AtomicU64>,
 ) -> LocalBoxFuture<'static, ()> {
     Box::pin(async move {
         let thread = Rc::new(ThreadJs {
-            slot: Slot::for_current_thread(),
+            slot: Slot::for_current_thread(busy_since),
             spare: Default::default(),
             workers: RefCell::new(HashMap::new()),
             serving: RefCell::new(Vec::new()),
@@ -109,7 +110,7 @@ pub(crate) fn stop() -> LocalBoxFuture<'static, ()> {
         for w in thread.workers.borrow_mut().values_mut() {
             w.closed = true;
             for ev in w.waiting.drain(..) {
-                answer(ev, Stop::Crashed);
+                answer(ev, Unavailable::ShuttingDown, &w.shared.ctx.spec.name);
             }
             if let Some(iso) = &w.current {
                 iso.state.closing.set(true);
@@ -132,17 +133,17 @@ pub(crate) fn stop() -> LocalBoxFuture<'static, ()> {
 /// Runs on an executor thread: hands a stateless event to the worker's isolate here.
 pub(crate) fn deliver(worker: &str, event: Event) {
     let Some(thread) = this_thread() else {
-        return answer(event, Stop::Crashed);
+        return answer(event, Unavailable::ShuttingDown, worker);
     };
     let iso = {
         let mut workers = thread.workers.borrow_mut();
         let Some(w) = workers.get_mut(worker) else {
             drop(workers);
-            return answer(event, Stop::Crashed);
+            return answer(event, Unavailable::NotOnThisNode, worker);
         };
         if w.closed {
             drop(workers);
-            return answer(event, Stop::Crashed);
+            return answer(event, Unavailable::ShuttingDown, worker);
         }
         if let Some(err) = &w.failed {
             let err = err.clone();
@@ -217,14 +218,17 @@ pub(crate) async fn call_isolate(
         .unwrap_or_else(|_| Err(cinder_core::ActorError::new("the runtime is shut down")))
 }
 
-/// Answers an event that no isolate will run.
-fn answer(event: Event, stop: Stop) {
+/// Answers an event that no isolate will run, saying why.
+fn answer(event: Event, why: Unavailable, worker: &str) {
     match event {
         Event::Fetch { reply, .. } => {
-            let _ = reply.send(stop_response(stop, false));
+            let _ = reply.send(unavailable_response(why, worker));
         }
         Event::Scheduled { reply, .. } => {
-            let _ = reply.send(Err(HostError::Shutdown));
+            let _ = reply.send(Err(match why {
+                Unavailable::ShuttingDown => HostError::Shutdown,
+                Unavailable::NotOnThisNode => HostError::NoSuchWorker(worker.to_string()),
+            }));
         }
     }
 }

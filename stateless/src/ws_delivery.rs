@@ -24,6 +24,97 @@ pub fn config() -> WebSocketConfig {
     c
 }
 
+/// Connects an outgoing WebSocket: the host is resolved and, unless `allow_private`, internal
+/// addresses are refused as for `fetch()`. `http(s):` URLs are taken as `ws(s):`. The error
+/// (`Err`) is the text JS gets.
+pub(crate) async fn connect(
+    url: String,
+    protocols: Vec<String>,
+    headers: Vec<(deno_core::ByteString, deno_core::ByteString)>,
+    allow_private: bool,
+) -> Result<
+    (
+        WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+        String,
+    ),
+    String,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut parsed =
+        deno_core::url::Url::parse(&url).map_err(|e| format!("Invalid URL {url:?}: {e}"))?;
+    let scheme = match parsed.scheme() {
+        "ws" | "http" => "ws",
+        "wss" | "https" => "wss",
+        other => {
+            return Err(format!(
+                "WebSocket URL scheme must be ws: or wss:, not {other}:"
+            ))
+        }
+    };
+    let _ = parsed.set_scheme(scheme);
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| format!("WebSocket URL {url:?} has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| format!("WebSocket connection to {url} failed: {e}"))?
+        .collect();
+    let allowed: Vec<_> = addrs
+        .iter()
+        .copied()
+        .filter(|a| allow_private || !crate::netguard::is_internal(a.ip()))
+        .collect();
+    if allowed.is_empty() {
+        return Err(format!(
+            "WebSocket connection to {url} refused: loopback, private and link-local addresses are not reachable from a worker (start cinder with {} to allow them)",
+            crate::netguard::ALLOW_FLAG
+        ));
+    }
+    let tcp = tokio::net::TcpStream::connect(&allowed[..])
+        .await
+        .map_err(|e| format!("WebSocket connection to {url} failed: {e}"))?;
+    let mut request = parsed
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("Invalid WebSocket request: {e}"))?;
+    for (k, v) in headers {
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(&k),
+            http::HeaderValue::from_bytes(&v),
+        ) else {
+            continue;
+        };
+        // The handshake's own headers are tungstenite's to set.
+        if matches!(
+            name.as_str(),
+            "upgrade" | "connection" | "sec-websocket-key" | "sec-websocket-version" | "host"
+        ) {
+            continue;
+        }
+        request.headers_mut().insert(name, value);
+    }
+    if !protocols.is_empty() {
+        if let Ok(v) = http::HeaderValue::from_str(&protocols.join(", ")) {
+            request.headers_mut().insert("sec-websocket-protocol", v);
+        }
+    }
+    let (ws, resp) =
+        tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config()), None)
+            .await
+            .map_err(|e| format!("WebSocket connection to {url} failed: {e}"))?;
+    let protocol = resp
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    Ok((ws, protocol))
+}
+
 /// How long a peer has to answer our close frame before the connection is dropped.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 

@@ -5,6 +5,8 @@
 
 mod harness;
 
+mod browser;
+mod chat;
 mod cli;
 mod config;
 mod d1;
@@ -14,6 +16,7 @@ mod hono;
 mod lifecycle;
 mod limits;
 mod outbound;
+mod ratelimit;
 mod rules;
 mod scheduled;
 mod services;

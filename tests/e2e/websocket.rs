@@ -215,3 +215,72 @@ fn a_message_sent_after_a_write_leaves_once_the_write_is_durable() {
     // Whoever saw the message can rely on the write.
     assert_eq!(server.get_json("/room/store/stored"), json!("v1"));
 }
+
+#[test]
+fn a_partyserver_room_from_npm_runs_unmodified() {
+    let dir = fixture("partyserver");
+    if !dir.join("node_modules/partyserver").is_dir() {
+        let out = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .output()
+            .expect("npm is needed for this test");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let server = Server::start(&[dir.to_str().unwrap()]);
+    let mut a = open(&server, "/parties/chat/room1");
+    assert_eq!(text(&mut a), "welcome room1");
+    let mut b = open(&server, "/parties/chat/room1");
+    assert_eq!(text(&mut b), "welcome room1");
+    send(&mut a, "hello");
+    assert!(text(&mut a).ends_with(": hello"));
+    assert!(text(&mut b).ends_with(": hello"));
+}
+
+/// A WebSocket echo server on loopback for outgoing connections; returns its ws:// URL.
+fn echo_upstream() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/echo", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(mut ws) = tokio_tungstenite::tungstenite::accept(stream) else {
+                    return;
+                };
+                while let Ok(m) = ws.read() {
+                    match m {
+                        Message::Text(t) => {
+                            let _ = ws.send(Message::Text(format!("echo {t}").into()));
+                        }
+                        Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn outgoing_websockets_follow_the_fetch_address_rules() {
+    let upstream = echo_upstream();
+    let refused = Server::start(&[fixture("websocket").to_str().unwrap()]);
+    let resp = refused.get(&format!("/outgoing?to={upstream}"));
+    assert_eq!(resp.status(), 502);
+    assert!(resp.text().unwrap().contains("refused"));
+
+    let server = Server::start(&[
+        fixture("websocket").to_str().unwrap(),
+        "--allow-private-fetch",
+    ]);
+    for via in ["new", "fetch"] {
+        let resp = server.get(&format!("/outgoing?to={upstream}&via={via}"));
+        assert_eq!(resp.status(), 200, "via {via}");
+        assert_eq!(resp.text().unwrap(), "upstream said: echo hello upstream");
+    }
+}
