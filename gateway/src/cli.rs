@@ -236,8 +236,18 @@ mod tests {
     #[test]
     fn d1_commands_parse() {
         let cli = Cli::try_parse_from([
-            "cinder", "d1", "execute", "DB", "--local", "--command", "SELECT 1", "--json", "-c",
-            "w.toml", "--persist-to", "st",
+            "cinder",
+            "d1",
+            "execute",
+            "DB",
+            "--local",
+            "--command",
+            "SELECT 1",
+            "--json",
+            "-c",
+            "w.toml",
+            "--persist-to",
+            "st",
         ])
         .unwrap();
         let Command::D1(D1Command::Execute(e)) = cli.command else {
@@ -251,8 +261,7 @@ mod tests {
 
         let cli = Cli::try_parse_from(["cinder", "d1", "migrations", "create", "DB", "add users"])
             .unwrap();
-        let Command::D1(D1Command::Migrations(D1MigrationsCommand::Create(c))) = cli.command
-        else {
+        let Command::D1(D1Command::Migrations(D1MigrationsCommand::Create(c))) = cli.command else {
             panic!("not d1 migrations create")
         };
         assert_eq!(c.message, "add users");

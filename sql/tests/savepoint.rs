@@ -162,6 +162,9 @@ fn a_sync_savepoint_keeps_cache_spill_on() {
             .unwrap();
         spilled |= db.storage().has_pending();
     }
-    assert!(spilled, "SQLite never spilled: the spill test proves nothing");
+    assert!(
+        spilled,
+        "SQLite never spilled: the spill test proves nothing"
+    );
     db.rollback_savepoint(sp).unwrap();
 }

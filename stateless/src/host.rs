@@ -248,8 +248,8 @@ impl Host {
         let mut specs = namespaces(&cfg);
         // Every D1 database is an object of this internal namespace (cinder-d1).
         specs.push(cinder_d1::namespace_spec());
-        let runtime = Runtime::start(store, rt_cfg, specs)
-            .map_err(|e| LoadError::Thread(e.to_string()))?;
+        let runtime =
+            Runtime::start(store, rt_cfg, specs).map_err(|e| LoadError::Thread(e.to_string()))?;
 
         let mut start_err = None;
         let mut logged = std::collections::HashSet::new();

@@ -121,9 +121,7 @@ fn op_d1_batch(
     });
     let statements: Vec<Statement> = statements
         .into_iter()
-        .map(|s| {
-            Statement::new(s.sql).bind(s.params.into_iter().map(JsScalar::into_d1))
-        })
+        .map(|s| Statement::new(s.sql).bind(s.params.into_iter().map(JsScalar::into_d1)))
         .collect();
     async move {
         let (st, svc) = prepared?;

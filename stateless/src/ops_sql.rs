@@ -271,11 +271,7 @@ fn op_sql_exec(
 /// Pulls up to `max` rows (1 for `next()`, all for `toArray()`).
 #[op2]
 #[serde]
-fn op_sql_pull(
-    state: &mut OpState,
-    #[smi] cursor: u32,
-    max: f64,
-) -> Result<PullOut, JsErrorBox> {
+fn op_sql_pull(state: &mut OpState, #[smi] cursor: u32, max: f64) -> Result<PullOut, JsErrorBox> {
     let t = table(state);
     let mut cursors = t.cursors.borrow_mut();
     let Some((_, c)) = cursors.get_mut(&cursor) else {
@@ -380,9 +376,7 @@ fn sync_savepoints(state: &mut OpState) -> Rc<RefCell<Vec<Savepoint>>> {
 #[op2(fast)]
 fn op_sql_sync_begin(state: &mut OpState, #[smi] handle: u32) -> Result<(), JsErrorBox> {
     let db = db(state, handle)?;
-    let sp = db
-        .begin_savepoint(SavepointKind::Sync)
-        .map_err(sql_error)?;
+    let sp = db.begin_savepoint(SavepointKind::Sync).map_err(sql_error)?;
     sync_savepoints(state).borrow_mut().push(sp);
     Ok(())
 }
@@ -553,10 +547,7 @@ fn op_sql_kv_list(
 
 #[op2]
 #[string]
-fn op_sql_bookmark_current(
-    state: &mut OpState,
-    #[smi] handle: u32,
-) -> Result<String, JsErrorBox> {
+fn op_sql_bookmark_current(state: &mut OpState, #[smi] handle: u32) -> Result<String, JsErrorBox> {
     db(state, handle)?.current_bookmark().map_err(sql_error)
 }
 

@@ -67,7 +67,10 @@ fn d1_binding_results_meta_errors_batches_and_sessions() {
     assert_eq!(r["firstNone"], Value::Null);
     assert_eq!(
         r["firstMissingColumn"]["error"],
-        err("D1_COLUMN_NOTFOUND: Column not found (nope)", "Column not found")
+        err(
+            "D1_COLUMN_NOTFOUND: Column not found (nope)",
+            "Column not found"
+        )
     );
     assert_eq!(r["raw"], json!([[1, "apple"], [2, "pear"]]));
     assert_eq!(
@@ -172,7 +175,11 @@ fn cli_applies_migrations_once_and_cinder_dev_sees_them() {
     assert!(applied.status.success(), "{applied:?}");
     let out = stdout(&applied);
     assert!(out.contains("Migrations to be applied:"), "{out}");
-    assert_eq!(out.matches('✅').count(), 2 + 1, "two ✅ rows in the final table: {out}");
+    assert_eq!(
+        out.matches('✅').count(),
+        2 + 1,
+        "two ✅ rows in the final table: {out}"
+    );
 
     // Applied once: a second run has nothing to do; `list` agrees; the name works too.
     let again = run(dir, state.path(), &["migrations", "apply", "app-db"]);
@@ -217,7 +224,12 @@ fn cli_applies_migrations_once_and_cinder_dev_sees_them() {
     let seeded = run(
         dir,
         state.path(),
-        &["execute", "DB", "--file", dir.join("seed.sql").to_str().unwrap()],
+        &[
+            "execute",
+            "DB",
+            "--file",
+            dir.join("seed.sql").to_str().unwrap(),
+        ],
     );
     assert!(seeded.status.success(), "{seeded:?}");
     assert!(stdout(&seeded).contains("2 commands executed successfully"));
@@ -225,7 +237,12 @@ fn cli_applies_migrations_once_and_cinder_dev_sees_them() {
     let bad = run(
         dir,
         state.path(),
-        &["execute", "DB", "--command", "INSERT INTO users (name) VALUES ('ada')"],
+        &[
+            "execute",
+            "DB",
+            "--command",
+            "INSERT INTO users (name) VALUES ('ada')",
+        ],
     );
     assert!(!bad.status.success());
     assert!(
@@ -233,11 +250,16 @@ fn cli_applies_migrations_once_and_cinder_dev_sees_them() {
             .contains("✘ [ERROR] UNIQUE constraint failed: users.name"),
         "{bad:?}"
     );
-    let unknown = run(dir, state.path(), &["execute", "NOPE", "--command", "SELECT 1"]);
+    let unknown = run(
+        dir,
+        state.path(),
+        &["execute", "NOPE", "--command", "SELECT 1"],
+    );
     assert!(!unknown.status.success());
     assert!(
-        String::from_utf8_lossy(&unknown.stderr)
-            .contains("Couldn't find a D1 DB with the name or binding 'NOPE' in your wrangler.toml file."),
+        String::from_utf8_lossy(&unknown.stderr).contains(
+            "Couldn't find a D1 DB with the name or binding 'NOPE' in your wrangler.toml file."
+        ),
         "{unknown:?}"
     );
 
@@ -247,14 +269,24 @@ fn cli_applies_migrations_once_and_cinder_dev_sees_them() {
     let v = server.get_json(
         "/d1/query?sql=SELECT%20u.name,%20p.body%20FROM%20posts%20p%20JOIN%20users%20u%20ON%20u.id%20=%20p.user_id",
     );
-    assert_eq!(v["ok"]["results"], json!([{"name": "bob", "body": "hi"}]), "{v}");
+    assert_eq!(
+        v["ok"]["results"],
+        json!([{"name": "bob", "body": "hi"}]),
+        "{v}"
+    );
     drop(server);
 
     // And the CLI sees what `cinder dev` wrote.
     let after = run(
         dir,
         state.path(),
-        &["execute", "DB", "--command", "SELECT count(*) AS n FROM users", "--json"],
+        &[
+            "execute",
+            "DB",
+            "--command",
+            "SELECT count(*) AS n FROM users",
+            "--json",
+        ],
     );
     let doc: Value = serde_json::from_slice(&after.stdout).expect("JSON");
     assert_eq!(doc[0]["results"], json!([{"n": 2}]));

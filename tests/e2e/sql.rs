@@ -44,7 +44,10 @@ fn cursors_values_and_errors_match_workerd() {
         json!({"t": "integer", "exact": 1, "s": "4611686018427387905"}),
         "a BigInt bound into an INTEGER column keeps every digit"
     );
-    assert_eq!(c["blob"], json!({"isArrayBuffer": true, "bytes": [0, 255, 7]}));
+    assert_eq!(
+        c["blob"],
+        json!({"isArrayBuffer": true, "bytes": [0, 255, 7]})
+    );
     assert_eq!(c["blobView"], json!([8, 7]));
     assert_eq!(c["blobLiteral"], json!([255]));
     assert_eq!(c["emptyBlob"], json!([]));
@@ -61,7 +64,10 @@ fn cursors_values_and_errors_match_workerd() {
             {"done": true}
         ])
     );
-    assert_eq!(c["toArray"], json!([{"value": 1}, {"value": "foo"}, {"value": 3}]));
+    assert_eq!(
+        c["toArray"],
+        json!([{"value": 1}, {"value": "foo"}, {"value": 3}])
+    );
     assert_eq!(c["one"], json!({"foo": 123, "bar": "abc"}));
     assert_eq!(c["afterOne"], json!([]));
     assert_eq!(
@@ -109,15 +115,27 @@ fn cursors_values_and_errors_match_workerd() {
     let e = &c["errors"];
     assert_eq!(
         e["syntax"],
-        err("Error", "near \";\": syntax error at offset 7: SQLITE_ERROR")
+        err(
+            "Error",
+            "near \";\": syntax error at offset 7: SQLITE_ERROR"
+        )
     );
     assert_eq!(
         e["syntax2"],
-        err("Error", "near \";\": syntax error at offset 8: SQLITE_ERROR")
+        err(
+            "Error",
+            "near \";\": syntax error at offset 8: SQLITE_ERROR"
+        )
     );
-    assert_eq!(e["empty"], err("Error", "SQL code did not contain a statement."));
+    assert_eq!(
+        e["empty"],
+        err("Error", "SQL code did not contain a statement.")
+    );
     assert_eq!(e["semicolon"], e["empty"]);
-    assert_eq!(e["noTable"], err("Error", "no such table: nowhere: SQLITE_ERROR"));
+    assert_eq!(
+        e["noTable"],
+        err("Error", "no such table: nowhere: SQLITE_ERROR")
+    );
     assert_eq!(
         e["mismatch"],
         err("Error", "datatype mismatch: SQLITE_MISMATCH")
@@ -225,7 +243,10 @@ fn async_transactions_on_sqlite_join_storage_and_sql() {
     assert_eq!(t["thrown"]["error"], err("Error", "txn failure"));
     assert_eq!(t["afterThrow"], json!([1, 1]));
     assert_eq!(t["nestedInner"], 7);
-    assert_eq!(t["afterNested"], 1, "rolling back the outer undoes the inner");
+    assert_eq!(
+        t["afterNested"], 1,
+        "rolling back the outer undoes the inner"
+    );
     assert_eq!(
         t["deleteAllInside"]["error"]["message"],
         "Cannot call deleteAll() within a transaction"
@@ -291,7 +312,10 @@ fn a_cursor_reads_rows_only_as_they_are_pulled() {
     assert_eq!(s["rest"], 100000 - 11);
     let at_start = s["atStart"].as_u64().unwrap();
     let after_ten = s["afterTen"].as_u64().unwrap();
-    assert!(at_start <= 2, "exec read {at_start} rows before any was pulled");
+    assert!(
+        at_start <= 2,
+        "exec read {at_start} rows before any was pulled"
+    );
     assert!(
         (10..=12).contains(&after_ten),
         "ten rows pulled, {after_ten} read: the cursor did not stream"
@@ -321,10 +345,7 @@ fn sql_and_kv_writes_of_one_turn_are_kept_or_dropped_together() {
     let server = start();
     let kept = server.get_json("/sql/turn?name=turn-kept");
     assert_eq!(kept["done"]["ok"], "done");
-    assert_eq!(
-        kept["state"],
-        json!({"sqlRows": 1, "kv": 1, "asyncKv": 1})
-    );
+    assert_eq!(kept["state"], json!({"sqlRows": 1, "kv": 1, "asyncKv": 1}));
     // ctx.abort() before the turn ends: the turn's batch (SQL pages and both KV writes) is
     // dropped whole; had any of them been written on its own, it would be there.
     let dropped = server.get_json("/sql/turn?name=turn-dropped&abort=1");
@@ -413,11 +434,9 @@ fn kv_backed_classes_refuse_the_sqlite_apis_with_workerd_texts() {
 /// The state of one object's database, opened directly from the store (the server must be
 /// stopped): `PRAGMA integrity_check`, which user SQL may not run.
 fn integrity_check(state: &Path, object_hex: &str) -> String {
-    let store = cinder_storage::Store::open(
-        &state.join("store"),
-        cinder_storage::StoreConfig::default(),
-    )
-    .expect("open the stopped server's store");
+    let store =
+        cinder_storage::Store::open(&state.join("store"), cinder_storage::StoreConfig::default())
+            .expect("open the stopped server's store");
     let mut id = [0u8; 32];
     for (i, b) in id.iter_mut().enumerate() {
         *b = u8::from_str_radix(&object_hex[2 * i..2 * i + 2], 16).expect("hex id");
@@ -473,8 +492,12 @@ fn every_acknowledged_sql_write_survives_kill_9() {
                     while !stop.load(Ordering::SeqCst) {
                         // Requests in flight when the server dies fail: they were never
                         // acknowledged.
-                        let Ok(resp) = client.get(&url).send() else { break };
-                        let Ok(body) = resp.json::<Value>() else { break };
+                        let Ok(resp) = client.get(&url).send() else {
+                            break;
+                        };
+                        let Ok(body) = resp.json::<Value>() else {
+                            break;
+                        };
                         if let Some(v) = body["v"].as_i64() {
                             acked.fetch_max(v, Ordering::SeqCst);
                             id = body["id"].as_str().unwrap_or_default().to_string();
@@ -486,7 +509,10 @@ fn every_acknowledged_sql_write_survives_kill_9() {
             .collect();
         let deadline = Instant::now() + Duration::from_secs(120);
         while acked.load(Ordering::SeqCst) < v + kill_at {
-            assert!(Instant::now() < deadline, "round {round}: increments stalled");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: increments stalled"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         server.signal_and_wait(libc::SIGKILL, Duration::from_secs(30));
