@@ -83,7 +83,7 @@
       const out = await op_d1_batch(
         call(session.#binding),
         statements.map((s) => ({ sql: s.statement, params: wireParams(s.params) })),
-        session.#bookmarkOrConstraint,
+        session.#bookmarkOrConstraint ?? "",
       );
       if (out.error) throw d1Error(out.error);
       if (out.bookmark) session.#updateBookmark(out.bookmark);

@@ -113,7 +113,7 @@ fn op_d1_batch(
     state: &mut OpState,
     #[serde] call: D1Call,
     #[serde] statements: Vec<JsStatement>,
-    #[serde] session: Option<String>,
+    #[string] session: String,
 ) -> impl Future<Output = Result<BatchOut, JsErrorBox>> {
     let prepared = isolate(state).and_then(|st| {
         let svc = service(&st, &call.binding)?;
@@ -126,7 +126,7 @@ fn op_d1_batch(
     async move {
         let (st, svc) = prepared?;
         let run = async move {
-            match session {
+            match (!session.is_empty()).then_some(session) {
                 Some(c) => {
                     let s = svc.with_session(Some(&c));
                     let results = s.batch(statements).await?;
@@ -220,4 +220,4 @@ fn op_d1_dump(
     }
 }
 
-deno_core::extension!(cinder_d1, ops = [op_d1_batch, op_d1_exec, op_d1_dump]);
+deno_core::extension!(cinder_d1_ops, ops = [op_d1_batch, op_d1_exec, op_d1_dump]);

@@ -490,16 +490,16 @@ fn op_sql_kv_get(
     Ok(v.map(|b| b.to_vec().into()))
 }
 
-#[op2]
+#[op2(fast)]
 fn op_sql_kv_put(
     state: &mut OpState,
     #[smi] handle: u32,
-    #[string] key: String,
+    #[string] key: &str,
     #[buffer] value: &[u8],
 ) -> Result<(), JsErrorBox> {
     let db = db(state, handle)?;
     db.kv()
-        .put(&key, Bytes::copy_from_slice(value))
+        .put(key, Bytes::copy_from_slice(value))
         .map_err(sql_error)
 }
 
@@ -602,7 +602,7 @@ fn op_sql_restore_bookmark(
 }
 
 deno_core::extension!(
-    cinder_sql,
+    cinder_sql_ops,
     ops = [
         op_sql_exec,
         op_sql_pull,

@@ -34,8 +34,8 @@ pub(crate) fn extensions() -> Vec<Extension> {
         crate::ops_do::cinder_do::init(),
         crate::ops_rpc::cinder_rpc::init(),
         crate::ops_ws::cinder_ws::init(),
-        crate::ops_sql::cinder_sql::init(),
-        crate::ops_d1::cinder_d1::init(),
+        crate::ops_sql::cinder_sql_ops::init(),
+        crate::ops_d1::cinder_d1_ops::init(),
     ]
 }
 
