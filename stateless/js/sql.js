@@ -67,7 +67,8 @@
     if (t === "number" || t === "string") return v;
     if (v instanceof ArrayBuffer) return v;
     if (ArrayBuffer.isView(v)) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-    return String(v);
+    // Web IDL's string conversion: a Symbol is a TypeError (String(symbol) would not throw).
+    return `${v}`;
   }
 
   // Row values arrive as numbers, strings, null, or Uint8Arrays over exactly-sized buffers.
