@@ -32,8 +32,8 @@
 //! - The global `fetch()` refuses internal addresses (see [`is_internal_address`]) by resolved
 //!   IP, unless [`HostConfig::allow_private_fetch`].
 //!
-//! May depend on `deno_core` and the `deno_*` Web-API crates; later on `cinder-core` for
-//! Durable Objects. Never on the gateway.
+//! May depend on `deno_core` and the `deno_*` Web-API crates, on `cinder-core` for Durable
+//! Objects and on `cinder-r2` for R2 bucket bindings. Never on the gateway.
 
 use std::path::PathBuf;
 
@@ -46,6 +46,7 @@ mod loader;
 mod netguard;
 mod ops;
 mod ops_do;
+mod ops_r2;
 mod ops_rpc;
 mod snapshot;
 mod state;
@@ -85,6 +86,17 @@ pub struct WorkerSpec {
     /// The Durable Object classes this worker exports that its migrations declared (or that
     /// the gateway declared for it, as `wrangler dev` does for a bound class without one).
     pub classes: Vec<DurableObjectClass>,
+    /// `r2_buckets`: `env.<binding>` is an `R2Bucket` over a bucket of this node's R2 storage.
+    pub r2_buckets: Vec<R2BucketBinding>,
+}
+
+/// One `[[r2_buckets]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct R2BucketBinding {
+    pub binding: String,
+    /// The bucket (created at start when missing). Workers naming the same bucket share it,
+    /// and the S3 endpoint serves it under this name.
+    pub bucket_name: String,
 }
 
 /// One `[[durable_objects.bindings]]` entry.
@@ -159,6 +171,10 @@ pub struct HostConfig {
     pub state_dir: Option<PathBuf>,
     /// How a write is made durable before the output gate lets anything depending on it out.
     pub durability: Durability,
+    /// Open R2 storage (under `<state_dir>/r2`) even when no worker binds a bucket: the
+    /// gateway's S3 endpoint serves it through [`Host::r2`]. Workers with `r2_buckets` open it
+    /// anyway.
+    pub enable_r2: bool,
 }
 
 impl Default for HostConfig {
@@ -170,6 +186,7 @@ impl Default for HostConfig {
             heap_limit_bytes: DEFAULT_HEAP_LIMIT_BYTES,
             state_dir: None,
             durability: Durability::Fsync,
+            enable_r2: false,
         }
     }
 }

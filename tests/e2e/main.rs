@@ -13,6 +13,7 @@ mod hono;
 mod lifecycle;
 mod limits;
 mod outbound;
+mod r2;
 mod rules;
 mod scheduled;
 mod services;
