@@ -271,7 +271,10 @@ async fn dev(args: DevArgs) -> Result<(), String> {
                 })
                 .await
         }));
-        println!("S3 API on http://{s3_addr} (access key id {:?})", args.s3_access_key_id);
+        println!(
+            "S3 API on http://{s3_addr} (access key id {:?})",
+            args.s3_access_key_id
+        );
     }
 
     println!("Ready on http://{local_addr}");

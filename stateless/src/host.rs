@@ -184,10 +184,7 @@ fn r2_list_honors_include(spec: &crate::WorkerSpec) -> bool {
 
 /// Opens R2 under `<state_dir>/r2` and gives its internal namespaces, when a worker binds a
 /// bucket or the host was asked for R2.
-fn open_r2(
-    cfg: &HostConfig,
-    state_dir: &std::path::Path,
-) -> Result<Option<R2Engine>, LoadError> {
+fn open_r2(cfg: &HostConfig, state_dir: &std::path::Path) -> Result<Option<R2Engine>, LoadError> {
     if !cfg.enable_r2 && cfg.workers.iter().all(|w| w.r2_buckets.is_empty()) {
         return Ok(None);
     }
@@ -200,11 +197,7 @@ fn open_r2(
 /// Starts R2 on `runtime` (sweeping orphaned blobs) and creates the bound buckets. Runs on a
 /// thread of its own with its own small tokio runtime: the caller may or may not be inside
 /// one, and must not block a runtime's worker thread.
-fn start_r2(
-    engine: R2Engine,
-    runtime: &Runtime,
-    cfg: &HostConfig,
-) -> Result<R2Service, LoadError> {
+fn start_r2(engine: R2Engine, runtime: &Runtime, cfg: &HostConfig) -> Result<R2Service, LoadError> {
     let runtime = runtime.clone();
     let mut buckets: Vec<String> = cfg
         .workers
@@ -308,8 +301,8 @@ impl Host {
         if let Some(engine) = &r2_engine {
             specs.extend(engine.namespaces());
         }
-        let runtime = Runtime::start(store, rt_cfg, specs)
-            .map_err(|e| LoadError::Thread(e.to_string()))?;
+        let runtime =
+            Runtime::start(store, rt_cfg, specs).map_err(|e| LoadError::Thread(e.to_string()))?;
         let r2 = match r2_engine.map(|e| start_r2(e, &runtime, &cfg)).transpose() {
             Ok(r2) => r2,
             Err(e) => {

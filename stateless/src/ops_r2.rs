@@ -543,7 +543,10 @@ fn op_r2_put(
         let put = async {
             let opts = PutOptions {
                 only_if: opts.only_if.map(Conditional::from),
-                http_metadata: opts.http_metadata.map(HttpMetadata::from).unwrap_or_default(),
+                http_metadata: opts
+                    .http_metadata
+                    .map(HttpMetadata::from)
+                    .unwrap_or_default(),
                 custom_metadata: opts.custom_metadata,
                 checksum: opts.checksum.map(checksum).transpose()?,
                 storage_class: storage_class(opts.storage_class)?,
@@ -625,7 +628,10 @@ fn op_r2_create_multipart(
         let (st, b) = prepared?;
         let create = async {
             let opts = MultipartOptions {
-                http_metadata: opts.http_metadata.map(HttpMetadata::from).unwrap_or_default(),
+                http_metadata: opts
+                    .http_metadata
+                    .map(HttpMetadata::from)
+                    .unwrap_or_default(),
                 custom_metadata: opts.custom_metadata,
                 storage_class: storage_class(opts.storage_class)?,
             };

@@ -101,7 +101,12 @@ fn large_object_streams_through_the_worker_with_bounded_memory() {
             .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(
-            http.get(server.url("/obj/warm")).send().unwrap().bytes().unwrap().len(),
+            http.get(server.url("/obj/warm"))
+                .send()
+                .unwrap()
+                .bytes()
+                .unwrap()
+                .len(),
             8 << 20
         );
     }
@@ -129,7 +134,8 @@ fn large_object_streams_through_the_worker_with_bounded_memory() {
     let resp = http.get(server.url("/obj/big.bin")).send().unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(
-        resp.headers()["content-type"], "application/x-pattern",
+        resp.headers()["content-type"],
+        "application/x-pattern",
         "httpMetadata from the request headers"
     );
     assert_eq!(check_pattern(resp, 0), SIZE);
@@ -299,8 +305,18 @@ fn s3_endpoint_shares_the_buckets_with_the_worker() {
     };
     let mut out = String::new();
     let mut err = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(
         status.success() && out.contains("all passed"),
         "s3_interop.py failed ({status:?}):\n{out}\n{err}\nserver stderr:\n{}",
