@@ -125,8 +125,8 @@ impl CacheBody {
 }
 
 impl CacheStorage {
-    /// Opens (or creates) the caches under `dir`, dropping half-written entries of a previous
-    /// run.
+    /// Opens (or creates) the caches under `dir`. Files a crash left half-written are never
+    /// served (a torn entry reads as a miss) and are removed by [`Cache::purge_expired`].
     pub fn open(dir: impl AsRef<Path>, cfg: CacheConfig) -> Result<CacheStorage, CacheError> {
         let root = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&root)?;

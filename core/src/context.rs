@@ -7,7 +7,7 @@ use std::future::Future;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use cinder_storage::{ObjectStorage, Section};
+use cinder_storage::{AlarmState, ObjectStorage, Section, StorageError};
 use futures::FutureExt;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
@@ -23,13 +23,6 @@ use crate::storage::Storage;
 /// Metadata key (in [`Section::Meta`]) naming the namespace that owns an object, written with
 /// its first alarm so the alarm can re-create the object after a restart.
 pub(crate) const META_NAMESPACE_KEY: &[u8] = b"namespace";
-
-tokio::task_local! {
-    /// Set while a critical section runs: the serial of the instance that owns it. Outbound I/O
-    /// completing inside the critical section belongs to it and must not wait for the gate the
-    /// critical section itself holds.
-    static CRITICAL_SECTION: u64;
-}
 
 /// Handed to [`crate::ActorFactory::create`]; the instance keeps it. Cheap to clone; `!Send`
 /// (it belongs to the object's executor thread).
@@ -70,7 +63,7 @@ pub(crate) struct TurnLocks {
     pub(crate) all: OutputLock,
     /// The alarm change this batch carries (`Some(None)`: deleted), applied to the scheduler
     /// only once the batch is durable, so the scheduler never runs ahead of storage.
-    pub(crate) alarm: Option<Option<i64>>,
+    pub(crate) alarm: Option<Option<AlarmState>>,
 }
 
 impl ActorContext {
@@ -127,8 +120,10 @@ impl ActorContext {
 
     /// `blockConcurrencyWhile(f)`: runs `f` as a critical section. The input gate is locked
     /// *now* (not when the returned future is first polled), so a constructor can start one and
-    /// drop the future: no event is delivered until `f` finishes. Outbound I/O that `f` awaits
-    /// still completes (it belongs to the critical section).
+    /// drop the future: no event is delivered until `f` finishes. While it runs, no other code
+    /// of the object resumes (see [`crate::gate`]); I/O that `f` itself awaits completes.
+    /// Sections started back to back run one after the other. The code awaiting the returned
+    /// future resumes only once the section is over.
     ///
     /// If `f` fails, or runs past the timeout (30 s by default,
     /// [`RuntimeConfig::block_concurrency_timeout`]), the object is reset and the error
@@ -141,12 +136,12 @@ impl ActorContext {
         T: 'static,
         F: Future<Output = Result<T, ActorError>> + 'static,
     {
-        let lock = self.inner.input.lock();
         let ctx = self.clone();
         let timeout = self.inner.cfg.block_concurrency_timeout;
-        let serial = self.inner.serial;
         let (tx, rx) = oneshot::channel();
-        self.spawn(CRITICAL_SECTION.scope(serial, async move {
+        // The section's lock is released only when this future is done, i.e. after a failure
+        // has broken the gate: no event slips in between.
+        self.spawn(self.inner.input.critical_section(async move {
             let result = match tokio::time::timeout(timeout, f).await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => {
@@ -160,8 +155,6 @@ impl ActorContext {
                     Err(ActorError::new(BLOCK_CONCURRENCY_TIMEOUT_MESSAGE))
                 }
             };
-            // Released only after a failure has broken the gate, so no event slips in between.
-            drop(lock);
             let _ = tx.send(result);
         }));
         async move {
@@ -177,15 +170,19 @@ impl ActorContext {
         F: Future<Output = ()> + 'static,
     {
         let inner = &self.inner;
+        if inner.is_broken() {
+            return;
+        }
         inner.wait_until.set(inner.wait_until.get() + 1);
         let guard = ActivityGuard {
             ctx: Rc::downgrade(&self.inner),
             counter: Counter::WaitUntil,
         };
-        self.spawn(async move {
+        // Object code: admitted through the input gate like a handler.
+        self.spawn(self.inner.input.admit(async move {
             f.await;
             drop(guard);
-        });
+        }));
     }
 
     /// Gated outbound I/O (`fetch()`, a KV write, a message to another object...): `io` starts
@@ -205,19 +202,16 @@ impl ActorContext {
 
     /// Gated inbound completion, for things that resume the object without sending anything
     /// (a timer, the next chunk of an incoming stream): `f` runs freely, and its result is
-    /// handed back only when the input gate is open, as for [`ActorContext::outbound`] but
-    /// without waiting on the output gate first.
+    /// handed back only when the input gate admits the caller, as for
+    /// [`ActorContext::outbound`] but without waiting on the output gate first. (Inside the
+    /// runtime's tasks every resumption is admitted anyway; this matters for hosts that await
+    /// it from their own loop.)
     pub async fn gated<F>(&self, f: F) -> Result<F::Output, ActorError>
     where
         F: Future,
     {
         let value = f.await;
-        let in_own_critical_section = CRITICAL_SECTION
-            .try_with(|s| *s == self.inner.serial)
-            .unwrap_or(false);
-        if !in_own_critical_section {
-            self.inner.input.wait().await?;
-        }
+        self.inner.input.wait().await?;
         Ok(value)
     }
 
@@ -228,27 +222,43 @@ impl ActorContext {
         self.inner.reset(reason);
     }
 
-    /// Runs `f` as part of a critical section of this instance: I/O it awaits completes
-    /// without waiting for the input gate the section holds.
-    pub(crate) async fn in_critical_section<F: Future>(&self, f: F) -> F::Output {
-        CRITICAL_SECTION.scope(self.inner.serial, f).await
+    /// Tells the runtime that something [`crate::Actor::idle_policy`] depends on changed (a
+    /// socket or timer of the host's went away): the object's idleness is looked at again.
+    pub fn activity_changed(&self) {
+        self.inner.poke_slot();
     }
 
-    /// Spawns a task that belongs to this instance: aborted on reset and eviction.
+    /// Spawns a task that belongs to this instance: aborted on reset and eviction. Nothing is
+    /// spawned once the instance has been reset.
     pub(crate) fn spawn<F>(&self, f: F)
     where
         F: Future<Output = ()> + 'static,
     {
+        if self.inner.is_broken() {
+            return;
+        }
         let handle = tokio::task::spawn_local(f);
         let mut tasks = self.inner.tasks.borrow_mut();
         tasks.retain(|t| !t.is_finished());
         tasks.push(handle.abort_handle());
     }
 
+    /// Fails once the instance has been reset: its storage handle takes no more calls (a write
+    /// made after the reset must never reach the disk).
+    pub(crate) fn check_live(&self) -> Result<(), StorageError> {
+        match &*self.inner.broken.borrow() {
+            Some(b) => Err(StorageError::Reset(b.0.to_string())),
+            None => Ok(()),
+        }
+    }
+
     /// Records a write in the current turn: the first write of a turn locks the gates and
-    /// schedules the flush at the end of the turn.
+    /// schedules the flush at the end of the turn. Does nothing after a reset.
     pub(crate) fn note_write(&self, allow_unconfirmed: bool) {
         let inner = &self.inner;
+        if inner.is_broken() {
+            return;
+        }
         let mut turn = inner.turn.borrow_mut();
         let schedule = turn.is_none();
         let locks = turn.get_or_insert_with(|| TurnLocks {
@@ -261,8 +271,10 @@ impl ActorContext {
         }
         drop(turn);
         if schedule {
-            let ctx = self.clone();
-            self.spawn(async move { ctx.flush_turn().await });
+            // Not an instance task: once its batch is queued, the flush must see the commit
+            // through even if the instance is reset meanwhile (the slot waits for it before it
+            // activates a new instance, and its alarm change must still reach the scheduler).
+            tokio::task::spawn_local(self.clone().flush_turn());
         }
     }
 
@@ -271,37 +283,23 @@ impl ActorContext {
         // this batch.
         tokio::task::yield_now().await;
         let inner = &self.inner;
+        // Gone if the instance was reset first: its unflushed writes were discarded.
         let Some(locks) = inner.turn.borrow_mut().take() else {
             return;
         };
-        #[cfg(test)]
-        let injected = tests_hook::take_flush_failure();
-        #[cfg(test)]
-        if injected {
-            // A batch that never reaches the disk, as after a failed journal write.
-            inner.raw.discard();
-        }
+        let slot = inner.slot.upgrade();
+        let record = slot.as_ref().map(|s| s.begin_flush(locks.alarm));
         let commit = inner.raw.flush();
         inner.flushes.set(inner.flushes.get() + 1);
         let result = match commit {
             Some(c) => c.await,
             None => Ok(()),
         };
-        #[cfg(test)]
-        let result = if !injected {
-            result
-        } else {
-            Err(cinder_storage::StorageError::Durability(
-                "injected by a test".into(),
-            ))
-        };
+        if let (Some(slot), Some(record)) = (&slot, record) {
+            slot.end_flush(&record, result.is_ok(), &inner.alarms);
+        }
         match result {
             Ok(()) => {
-                match locks.alarm {
-                    Some(Some(at)) => inner.alarms.schedule(&inner.id, &inner.ns, at),
-                    Some(None) => inner.alarms.cancel(inner.id.bytes()),
-                    None => {}
-                }
                 if let Some(l) = locks.confirmed {
                     l.confirm();
                 }
@@ -323,7 +321,7 @@ impl ActorContext {
 
     /// Notes an alarm change made in the current turn (which must exist: call after the
     /// write).
-    pub(crate) fn note_alarm(&self, change: Option<i64>) {
+    pub(crate) fn note_alarm(&self, change: Option<AlarmState>) {
         if let Some(turn) = self.inner.turn.borrow_mut().as_mut() {
             turn.alarm = Some(change);
         }
@@ -434,25 +432,5 @@ impl Drop for ActivityGuard {
             c.set(c.get().saturating_sub(1));
             ctx.poke_slot();
         }
-    }
-}
-
-/// Fault injection for this crate's tests: fjall offers no way to make a real persist fail on
-/// demand, so a test marks the next flush on its thread as failed *after* the real commit.
-#[cfg(test)]
-pub(crate) mod tests_hook {
-    use std::cell::Cell;
-
-    thread_local! {
-        static FAIL_NEXT_FLUSH: Cell<bool> = const { Cell::new(false) };
-    }
-
-    /// Called from object code (on its executor thread).
-    pub(crate) fn fail_next_flush() {
-        FAIL_NEXT_FLUSH.with(|c| c.set(true));
-    }
-
-    pub(super) fn take_flush_failure() -> bool {
-        FAIL_NEXT_FLUSH.with(|c| c.replace(false))
     }
 }

@@ -85,6 +85,11 @@ pub enum ObjectError {
     /// No namespace of that name is registered with the runtime.
     #[error("no Durable Object namespace named {0:?}")]
     UnknownNamespace(String),
+    /// The stub's id does not belong to the namespace it was used with (an id minted by
+    /// another class, or of another jurisdiction than a scoped namespace's). A `TypeError` in
+    /// JS; the text is workerd's where it has one. Nothing was delivered.
+    #[error("{0}")]
+    InvalidId(String),
     /// The runtime is shutting down.
     #[error("the Durable Object runtime is shutting down")]
     Shutdown,

@@ -3,19 +3,22 @@
 //!
 //! Per live object there is one [`Slot`] with a bounded FIFO queue and one loop task. The loop
 //! activates the instance on demand, waits for the input gate before each delivery, and evicts
-//! the instance when it has been idle long enough. Handlers run as separate local tasks, so an
-//! object's events interleave exactly at awaits where the input gate is open.
+//! the instance when it has been idle long enough. Handlers run as separate local tasks, each
+//! admitted through the input gate ([`crate::gate::Admitted`]), so an object's events
+//! interleave exactly at awaits where the input gate lets them.
+//!
+//! The slot outlives its instances: it keeps the object's write batches that are still on
+//! their way to disk, applies their alarm changes to the scheduler in the order they were
+//! committed, and activates a new instance only once every batch of the previous one is durable
+//! (or failed), so a new instance never answers from data a power cut could still take away.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use cinder_storage::{Section, Store};
+use cinder_storage::{AlarmState, Section, Store};
 use futures::future::LocalBoxFuture;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -25,8 +28,8 @@ use crate::actor::{Actor, IdlePolicy, Payload, Request, Response};
 use crate::alarm::{run_alarm, AlarmScheduler};
 use crate::context::{ActivityGuard, ActorContext, Counter, META_NAMESPACE_KEY};
 use crate::error::{ActorError, ObjectError};
-use crate::gate::InputLock;
-use crate::id::ObjectId;
+use crate::gate::Admitted;
+use crate::id::{ObjectId, WRONG_NAMESPACE_MESSAGE};
 use crate::runtime::{NamespaceEntry, RuntimeConfig};
 
 pub(crate) enum Event {
@@ -75,7 +78,7 @@ pub(crate) enum Command {
     /// A host task to run on this thread (see [`crate::Runtime::run_on`]).
     Run(crate::runtime::ThreadTask),
     /// Alarms found in storage at start-up that belong to this executor.
-    LoadAlarms(Vec<([u8; 32], i64)>),
+    LoadAlarms(Vec<([u8; 32], AlarmState)>),
     Shutdown,
 }
 
@@ -175,22 +178,23 @@ pub(crate) fn run_thread(
             hook(index).await;
         }
         // Give batches already written (e.g. `allow_unconfirmed` ones, whose events have
-        // answered) the chance to become durable before their tasks are dropped.
-        let pending: Vec<_> = exec
-            .objects
-            .borrow()
-            .values()
-            .filter_map(|s| s.current())
-            .map(|i| i.ctx.inner.all_writes.wait())
-            .collect();
-        if !pending.is_empty() {
-            let all = futures::future::join_all(pending);
-            if tokio::time::timeout(SHUTDOWN_FLUSH_DEADLINE, all)
-                .await
-                .is_err()
-            {
-                tracing::warn!(index, "unflushed writes dropped at shutdown");
+        // answered, or those of instances already reset) the chance to become durable before
+        // their tasks are dropped.
+        let slots: Vec<Rc<Slot>> = exec.objects.borrow().values().cloned().collect();
+        let pending = futures::future::join_all(slots.iter().map(|s| {
+            let writes = s.current().map(|i| i.ctx.inner.all_writes.wait());
+            async move {
+                if let Some(w) = writes {
+                    let _ = w.await;
+                }
+                s.flushes_done().await;
             }
+        }));
+        if tokio::time::timeout(SHUTDOWN_FLUSH_DEADLINE, pending)
+            .await
+            .is_err()
+        {
+            tracing::warn!(index, "unflushed writes dropped at shutdown");
         }
         // Dropping the slots and then the LocalSet cancels every task; callers still waiting
         // see their reply channel close (ObjectError::Shutdown).
@@ -201,6 +205,10 @@ pub(crate) fn run_thread(
 }
 
 impl Executor {
+    pub(crate) fn cfg(&self) -> Arc<RuntimeConfig> {
+        self.cfg.clone()
+    }
+
     /// Routes an event to its object's queue, creating the slot (and its loop) if the object
     /// is not live. Never waits.
     pub(crate) fn dispatch(self: &Rc<Self>, env: Envelope) {
@@ -219,12 +227,23 @@ impl Executor {
                         wake: Notify::new(),
                         instance: RefCell::new(None),
                         exec: Rc::downgrade(self),
+                        flushes: RefCell::new(VecDeque::new()),
                     });
                     tokio::task::spawn_local(object_loop(slot.clone()));
                     slot
                 })
                 .clone()
         };
+        // Storage and slots are keyed by id bytes; an id reaches a slot of another namespace
+        // only if it was never checked against its own (`Namespace::get` checks). Refuse it
+        // rather than hand one class's event to another's instance.
+        if !Arc::ptr_eq(&slot.ns, &env.ns) {
+            reply(
+                env.reply,
+                Err(ObjectError::InvalidId(WRONG_NAMESPACE_MESSAGE.into())),
+            );
+            return;
+        }
         let is_alarm = matches!(env.event, Event::Alarm { .. });
         // Alarms are never refused: they are the runtime's own, and at most one is pending.
         if !is_alarm && slot.queue.borrow().len() >= self.cfg.max_queued_events {
@@ -235,8 +254,8 @@ impl Executor {
         slot.wake.notify_one();
     }
 
-    fn load_alarms(self: &Rc<Self>, list: Vec<([u8; 32], i64)>) {
-        for (key, at) in list {
+    fn load_alarms(self: &Rc<Self>, list: Vec<([u8; 32], AlarmState)>) {
+        for (key, state) in list {
             let id = ObjectId::from_bytes_unchecked(key);
             // No object of this id is live yet, so a throw-away handle reads committed state.
             let owner = self
@@ -255,7 +274,12 @@ impl Executor {
                 }
             };
             match self.namespaces.get(&ns) {
-                Some(entry) => self.alarms.schedule(&id, entry, at),
+                Some(entry) if entry.ids.id_from_bytes(key).is_ok() => {
+                    self.alarms.schedule(&id, entry, state)
+                }
+                Some(_) => {
+                    tracing::warn!(object = %id, namespace = %ns, "alarm of an id its namespace does not accept; skipped")
+                }
                 None => {
                     tracing::warn!(object = %id, namespace = %ns, "alarm of an unknown namespace; skipped")
                 }
@@ -273,6 +297,16 @@ pub(crate) struct Slot {
     pub(crate) wake: Notify,
     instance: RefCell<Option<Rc<Instance>>>,
     exec: Weak<Executor>,
+    /// Write batches of this object (of any instance) not yet durable, oldest first.
+    flushes: RefCell<VecDeque<Rc<FlushRecord>>>,
+}
+
+/// One write batch on its way to disk, as the slot tracks it.
+pub(crate) struct FlushRecord {
+    /// The alarm change it carries (`Some(None)`: deleted).
+    alarm: Option<Option<AlarmState>>,
+    /// `Some(durable?)` once its commit resolved.
+    done: Cell<Option<bool>>,
 }
 
 struct Instance {
@@ -288,6 +322,49 @@ impl Drop for Instance {
 }
 
 impl Slot {
+    /// Registers a batch about to be queued (in commit order: the flush that calls this queues
+    /// its batch before it yields).
+    pub(crate) fn begin_flush(&self, alarm: Option<Option<AlarmState>>) -> Rc<FlushRecord> {
+        let r = Rc::new(FlushRecord {
+            alarm,
+            done: Cell::new(None),
+        });
+        self.flushes.borrow_mut().push_back(r.clone());
+        r
+    }
+
+    /// Records a batch's outcome, then applies the alarm changes of every resolved batch at the
+    /// front, in commit order: the scheduler ends up where storage is, whatever order the
+    /// flush tasks ran in.
+    pub(crate) fn end_flush(&self, record: &FlushRecord, durable: bool, alarms: &AlarmScheduler) {
+        record.done.set(Some(durable));
+        loop {
+            let front = {
+                let mut q = self.flushes.borrow_mut();
+                match q.front() {
+                    Some(f) if f.done.get().is_some() => q.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some(f) = front else { break };
+            if f.done.get() == Some(true) {
+                match f.alarm {
+                    Some(Some(state)) => alarms.schedule(&self.id, &self.ns, state),
+                    Some(None) => alarms.cancel(self.id.bytes()),
+                    None => {}
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Resolves when no batch of this object is on its way to disk.
+    async fn flushes_done(&self) {
+        while !self.flushes.borrow().is_empty() {
+            self.wake.notified().await;
+        }
+    }
+
     /// Called by a resetting context: forget the instance so the next event constructs anew.
     pub(crate) fn instance_reset(&self, serial: u64) {
         let mut inst = self.instance.borrow_mut();
@@ -363,6 +440,13 @@ async fn object_loop(slot: Rc<Slot>) {
             continue;
         }
         let Some(inst) = slot.current() else {
+            if !slot.flushes.borrow().is_empty() {
+                // A reset instance's batches are still on their way: the slot stays until they
+                // land, so the next instance of this id finds them here and waits.
+                drop(exec);
+                slot.wake.notified().await;
+                continue;
+            }
             // Nothing live and nothing queued: the object leaves this thread.
             let mut objects = exec.objects.borrow_mut();
             if objects
@@ -403,16 +487,24 @@ async fn object_loop(slot: Rc<Slot>) {
 async fn deliver_front(slot: &Rc<Slot>, exec: &Rc<Executor>) {
     let (inst, fresh) = match slot.current() {
         Some(i) => (i, false),
-        None => match slot.activate(exec) {
-            Ok(i) => (i, true),
-            Err(e) => {
-                let env = slot.queue.borrow_mut().pop_front();
-                if let Some(env) = env {
-                    reply(env.reply, Err(ObjectError::Remote(e)));
-                }
+        None => {
+            if !slot.flushes.borrow().is_empty() {
+                // Every batch of the previous instance must be durable (or failed) before a new
+                // one reads: what it would answer must not be lost by a power cut.
+                slot.wake.notified().await;
                 return;
             }
-        },
+            match slot.activate(exec) {
+                Ok(i) => (i, true),
+                Err(e) => {
+                    let env = slot.queue.borrow_mut().pop_front();
+                    if let Some(env) = env {
+                        reply(env.reply, Err(ObjectError::Remote(e)));
+                    }
+                    return;
+                }
+            }
+        }
     };
     if let Err(broken) = inst.ctx.inner.input.wait().await {
         // Reset while the event waited. If the instance was created for this very event, its
@@ -430,58 +522,15 @@ async fn deliver_front(slot: &Rc<Slot>, exec: &Rc<Executor>) {
     let Some(env) = slot.queue.borrow_mut().pop_front() else {
         return;
     };
-    let lock = inst.ctx.inner.input.lock();
     let seq = NEXT_SEQ.with(|c| {
         let n = c.get();
         c.set(n + 1);
         n
     });
     let ctx = inst.ctx.clone();
-    ctx.spawn(run_event(inst, seq, env, lock));
-}
-
-thread_local! {
-    /// Reply keys; unique per thread, which is more than the per-instance uniqueness needed.
-    static NEXT_SEQ: Cell<u64> = const { Cell::new(0) };
-}
-
-/// Holds an input lock while the handler takes its first step: from delivery until the
-/// handler's first await, no other event may start (it would otherwise run before this one
-/// has even issued its first storage call).
-struct FirstStep<T> {
-    lock: Option<InputLock>,
-    fut: LocalBoxFuture<'static, T>,
-}
-
-impl<T> Future for FirstStep<T> {
-    type Output = T;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let r = self.fut.as_mut().poll(cx);
-        self.lock = None;
-        r
-    }
-}
-
-async fn run_event(inst: Rc<Instance>, seq: u64, env: Envelope, lock: InputLock) {
-    let ctx = inst.ctx.clone();
-    let inner = &ctx.inner;
-    inner.inflight.set(inner.inflight.get() + 1);
-    let _active = ActivityGuard {
-        ctx: Rc::downgrade(&ctx.inner),
-        counter: Counter::Inflight,
-    };
-    if let Some(tx) = env.reply {
-        inner.replies.borrow_mut().insert(seq, tx);
-    }
-    let span = tracing::info_span!(
-        "durable_object_event",
-        namespace = %inner.ns.name,
-        object = %inner.id,
-        kind = env.event.kind(),
-    );
     let actor = inst.actor.clone();
-    let fut: LocalBoxFuture<'static, Result<Reply, ActorError>> = match env.event {
+    let kind = env.event.kind();
+    let handler: LocalBoxFuture<'static, Result<Reply, ActorError>> = match env.event {
         Event::Fetch(req) => Box::pin(async move { actor.fetch(*req).await.map(Reply::Fetch) }),
         Event::Call(p) => Box::pin(async move { actor.call(p).await.map(Reply::Call) }),
         Event::Alarm {
@@ -489,13 +538,44 @@ async fn run_event(inst: Rc<Instance>, seq: u64, env: Envelope, lock: InputLock)
             retry_count,
         } => run_alarm(ctx.clone(), actor, scheduled_time, retry_count),
     };
+    // Admitted from here on, holding its own lock until the end of its first poll: no other
+    // event starts before this one has taken its first step.
+    let handler = ctx.inner.input.admit_first_step(handler);
+    ctx.spawn(run_event(inst, seq, kind, env.reply, handler));
+}
+
+thread_local! {
+    /// Reply keys; unique per thread, which is more than the per-instance uniqueness needed.
+    static NEXT_SEQ: Cell<u64> = const { Cell::new(0) };
+}
+
+type Handler = Admitted<LocalBoxFuture<'static, Result<Reply, ActorError>>>;
+
+async fn run_event(
+    inst: Rc<Instance>,
+    seq: u64,
+    kind: &'static str,
+    reply_tx: Option<ReplyTx>,
+    handler: Handler,
+) {
+    let ctx = inst.ctx.clone();
+    let inner = &ctx.inner;
+    inner.inflight.set(inner.inflight.get() + 1);
+    let _active = ActivityGuard {
+        ctx: Rc::downgrade(&ctx.inner),
+        counter: Counter::Inflight,
+    };
+    if let Some(tx) = reply_tx {
+        inner.replies.borrow_mut().insert(seq, tx);
+    }
+    let span = tracing::info_span!(
+        "durable_object_event",
+        namespace = %inner.ns.name,
+        object = %inner.id,
+        kind,
+    );
     async move {
-        let result = ctx
-            .catch(FirstStep {
-                lock: Some(lock),
-                fut,
-            })
-            .await;
+        let result = ctx.catch(handler).await;
         // Whatever the object answers is output: it leaves only once every write issued
         // before it is durable.
         let gate = ctx.inner.output.wait().await;
@@ -509,6 +589,7 @@ async fn run_event(inst: Rc<Instance>, seq: u64, env: Envelope, lock: InputLock)
         };
         let tx = ctx.inner.replies.borrow_mut().remove(&seq);
         reply(tx, out);
+        drop(inst);
     }
     .instrument(span)
     .await

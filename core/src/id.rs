@@ -33,6 +33,10 @@ use rand::RngCore;
 pub const MALFORMED_ID_MESSAGE: &str = "Invalid Durable Object ID: must be 64 hex digits";
 /// Cloudflare's message for an id whose MAC does not match this namespace.
 pub const WRONG_NAMESPACE_MESSAGE: &str = "Durable Object ID is not valid for this namespace.";
+/// workerd's message when a jurisdiction-scoped namespace's `get()` is given an id of another
+/// jurisdiction.
+pub const GET_WRONG_JURISDICTION_MESSAGE: &str =
+    "get called on jurisdictional subnamespace with an ID from a different jurisdiction";
 
 const NAME_CONTEXT: &str = "cinder 2026-11 durable object id: name hash";
 const MAC_CONTEXT: &str = "cinder 2026-11 durable object id: mac";
@@ -190,6 +194,11 @@ impl IdFactory {
     /// The jurisdiction this factory is restricted to, if any.
     pub fn scope(&self) -> Option<Jurisdiction> {
         self.scope
+    }
+
+    /// Whether two factories were made from the same secret (and so mint the same ids).
+    pub(crate) fn same_secret(&self, other: &IdFactory) -> bool {
+        constant_time_eq(&self.mac_key, &other.mac_key)
     }
 
     /// `idFromName(name)`: deterministic for this namespace and jurisdiction scope.

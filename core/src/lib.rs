@@ -4,13 +4,18 @@
 //!
 //! - [`id`]: 32-byte ids, per-namespace keyed naming, MAC-checked parsing, jurisdictions.
 //! - [`gate`]: the input and output gates, the two primitives behind Cloudflare's consistency
-//!   rules.
+//!   rules, and admission: every resumption of object code run by the runtime (handlers,
+//!   critical sections, `wait_until` tasks) passes the input gate.
 //! - [`Runtime`]: executor threads (one current-thread tokio runtime each); every id maps to
 //!   one thread through the executor ring, so an object is single-threaded by construction.
 //!   [`Namespace`] and [`Stub`] are the `Send` handles the rest of the system uses.
 //! - [`Actor`] / [`ActorFactory`]: the contract an object's code implements (natively in Rust,
 //!   or once by the JS host); [`ActorContext`] and [`Storage`] are what it gets back.
-//! - Alarms (persisted, at-least-once, retried) and idle eviction live in the runtime.
+//! - Alarms (persisted with their retry count, at-least-once, retried) and idle eviction live
+//!   in the runtime. An object's slot outlives a reset: the next instance starts only once the
+//!   previous one's write batches are durable.
+//! - Storage reads that miss memory run on tokio's blocking pool and commits on the store's
+//!   committer threads, so no object's disk work stalls the others on its executor thread.
 //!
 //! ## For hosts (the JS engine, the gateway)
 //!

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::actor::{ActorFactory, Payload, Request, Response};
 use crate::error::ObjectError;
 use crate::executor::{self, Command, Envelope, Event, Reply};
-use crate::id::{IdError, IdFactory, ObjectId};
+use crate::id::{IdError, IdFactory, ObjectId, GET_WRONG_JURISDICTION_MESSAGE};
 
 /// Tunables of the runtime. `Default` gives Cloudflare's numbers.
 #[derive(Clone)]
@@ -116,6 +116,10 @@ pub enum RuntimeError {
     /// Two namespaces share a name.
     #[error("Durable Object namespace {0:?} registered twice")]
     DuplicateNamespace(String),
+    /// Two namespaces were given the same id secret: they would mint the same ids and share
+    /// their objects' storage.
+    #[error("Durable Object namespaces {0:?} and {1:?} share an id secret; each needs its own")]
+    SharedIdSecret(String, String),
     /// An executor thread could not be spawned.
     #[error("spawning executor thread: {0}")]
     Thread(#[from] std::io::Error),
@@ -168,23 +172,31 @@ impl Runtime {
     ) -> Result<Runtime, RuntimeError> {
         let threads = cfg.threads.max(1);
         let ring = ExecutorRing::new(threads)?;
-        let mut map = HashMap::new();
+        let mut map: HashMap<String, Arc<NamespaceEntry>> = HashMap::new();
         for ns in namespaces {
+            if map.contains_key(&ns.name) {
+                return Err(RuntimeError::DuplicateNamespace(ns.name));
+            }
+            if let Some(other) = map.values().find(|e| e.ids.same_secret(&ns.ids)) {
+                return Err(RuntimeError::SharedIdSecret(
+                    other.name.clone(),
+                    ns.name.clone(),
+                ));
+            }
             let entry = Arc::new(NamespaceEntry {
                 name: ns.name.clone(),
                 ids: ns.ids,
                 factory: ns.factory,
             });
-            if map.insert(ns.name.clone(), entry).is_some() {
-                return Err(RuntimeError::DuplicateNamespace(ns.name));
-            }
+            map.insert(ns.name, entry);
         }
         let namespaces = Arc::new(map);
         static NEXT_RUNTIME: AtomicU64 = AtomicU64::new(1);
         let runtime_id = NEXT_RUNTIME.fetch_add(1, Ordering::Relaxed);
-        let mut alarms: Vec<Vec<([u8; 32], i64)>> = vec![Vec::new(); threads];
-        for (id, at) in store.alarms()? {
-            alarms[ring.executor_for(&id)].push((id, at));
+        let mut alarms: Vec<Vec<([u8; 32], cinder_storage::AlarmState)>> =
+            vec![Vec::new(); threads];
+        for (id, state) in store.alarm_states()? {
+            alarms[ring.executor_for(&id)].push((id, state));
         }
         let cfg = Arc::new(cfg);
         let live = Arc::new(AtomicUsize::new(0));
@@ -343,14 +355,23 @@ impl Namespace {
         self.ids.id_from_bytes(*id.bytes()).map(|_| ())
     }
 
-    /// `get(id)`: a stub at once; the object is activated by its first event.
+    /// `get(id)`: a stub at once; the object is activated by its first event. An id that
+    /// does not belong to this namespace (see [`Namespace::validate`]; hosts call it first to
+    /// throw at once, as workerd does) gives a stub whose every call fails with
+    /// [`ObjectError::InvalidId`] and reaches no object.
     pub fn get(&self, id: ObjectId) -> Stub {
         let executor = self.shared.ring.executor_for(id.bytes());
+        let invalid = match self.validate(&id) {
+            Ok(()) => None,
+            Err(IdError::WrongJurisdiction { .. }) => Some(GET_WRONG_JURISDICTION_MESSAGE.into()),
+            Err(e) => Some(e.to_string()),
+        };
         Stub {
             shared: self.shared.clone(),
             entry: self.entry.clone(),
             id,
             executor,
+            invalid,
         }
     }
 
@@ -367,6 +388,8 @@ pub struct Stub {
     entry: Arc<NamespaceEntry>,
     id: ObjectId,
     executor: usize,
+    /// Why every call fails, for an id that is not this namespace's.
+    invalid: Option<String>,
 }
 
 impl fmt::Debug for Stub {
@@ -402,6 +425,9 @@ impl Stub {
     }
 
     async fn send(&self, event: Event) -> Result<Reply, ObjectError> {
+        if let Some(why) = &self.invalid {
+            return Err(ObjectError::InvalidId(why.clone()));
+        }
         let (tx, rx) = oneshot::channel();
         let env = Envelope {
             ns: self.entry.clone(),

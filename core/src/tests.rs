@@ -13,11 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cinder_storage::{Store, StoreConfig};
+use cinder_storage::{Fault, Store, StoreConfig};
 use futures::future::LocalBoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::*;
+
+pub(crate) mod explore;
+mod holes;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -440,42 +443,53 @@ async fn allow_unconfirmed_writes_do_not_hold_output() {
     assert_eq!(within("sync", synced).await.unwrap(), "ok");
 }
 
+/// A real write failure (the store's fault injector fails the commit or the fdatasync after
+/// the batch is visible in fjall): the held reply is dropped, the object resets, and no later
+/// instance answers from the failed write (the store fails closed until it is reopened).
 #[tokio::test]
 async fn a_failed_write_drops_held_output_and_resets_the_object() {
-    let dir = tempfile::tempdir().unwrap();
-    let script = Script::new(|obj, path| {
-        Box::pin(async move {
-            let s = obj.ctx.storage();
-            obj.mem.set(obj.mem.get() + 1);
-            match path.as_str() {
-                "/good" => {
-                    s.put("k", Bytes::from_static(b"good"))?;
+    for fault in [Fault::CommitFails, Fault::SyncFails] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let script = Script::new(|obj, path| {
+            Box::pin(async move {
+                let s = obj.ctx.storage();
+                obj.mem.set(obj.mem.get() + 1);
+                match path.as_str() {
+                    "/good" => s.put("k", Bytes::from_static(b"good"))?,
+                    "/bad" => s.put("k", Bytes::from_static(b"bad"))?,
+                    _ => {}
                 }
-                "/bad" => {
-                    crate::context::tests_hook::fail_next_flush();
-                    s.put("k", Bytes::from_static(b"bad"))?;
-                }
-                _ => {}
-            }
-            let v = s.get("k").await?.unwrap_or_default();
-            Ok(format!(
-                "{} mem={}",
-                String::from_utf8_lossy(&v),
-                obj.mem.get()
-            ))
-        })
-    });
-    let constructed = script.constructed.clone();
-    let rt = Runtime::start(open(dir.path()), test_config(), vec![spec("ns", script)]).unwrap();
-    let stub = rt.namespace("ns").unwrap().get_by_name("x");
-    assert_eq!(text(&stub, "/good").await.unwrap(), "good mem=1");
-    let err = within("bad", text(&stub, "/bad")).await.unwrap_err();
-    assert!(matches!(err, ObjectError::Reset(_)), "{err:?}");
-    assert!(err.is_retryable() && !err.is_remote());
-    assert!(err.to_string().contains("storage write failed"), "{err}");
-    // A new instance (constructor again, memory gone) over the durable state.
-    assert_eq!(text(&stub, "/read").await.unwrap(), "good mem=1");
-    assert_eq!(constructed.load(Ordering::SeqCst), 2);
+                let v = s.get("k").await?.unwrap_or_default();
+                Ok(format!(
+                    "{} mem={}",
+                    String::from_utf8_lossy(&v),
+                    obj.mem.get()
+                ))
+            })
+        });
+        let constructed = script.constructed.clone();
+        let rt = Runtime::start(store.clone(), test_config(), vec![spec("ns", script)]).unwrap();
+        let stub = rt.namespace("ns").unwrap().get_by_name("x");
+        assert_eq!(text(&stub, "/good").await.unwrap(), "good mem=1");
+        store.inject_fault(fault);
+        let err = within("bad", text(&stub, "/bad")).await.unwrap_err();
+        assert!(matches!(err, ObjectError::Reset(_)), "{fault:?}: {err:?}");
+        assert!(err.is_retryable() && !err.is_remote());
+        assert!(err.to_string().contains("storage write failed"), "{err}");
+        assert!(err.to_string().contains("injected"), "{err}");
+        // A new instance (constructor again, memory gone) cannot read: the failed write is
+        // visible in fjall, so the store answers nothing until it is reopened.
+        let err = within("read", text(&stub, "/read")).await.unwrap_err();
+        assert!(
+            err.is_remote() && err.to_string().contains("durability failure"),
+            "{fault:?}: {err:?}"
+        );
+        assert!(!err.to_string().contains("bad"));
+        assert_eq!(constructed.load(Ordering::SeqCst), 2);
+        drop(stub);
+        shutdown(rt).await;
+    }
 }
 
 #[tokio::test]
@@ -1046,27 +1060,31 @@ async fn set_alarm_replaces_the_previous_one() {
     assert_eq!(ns.validate(&foreign), Err(IdError::WrongNamespace));
 }
 
+/// At-least-once: a reset cuts an alarm run short (before any verdict): the scheduler runs the
+/// alarm again.
 #[tokio::test]
-async fn an_alarm_whose_clearing_write_fails_runs_again() {
+async fn an_alarm_whose_run_is_cut_short_by_a_reset_runs_again() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let (run_tx, mut run_rx) = mpsc::unbounded_channel::<u32>();
-    let script = Script::new(|obj, _| {
+    let script = Script::new(|obj, path| {
         Box::pin(async move {
-            obj.ctx.storage().set_alarm(1)?;
+            if path == "/reset" {
+                obj.ctx.reset("reset by the test");
+            } else {
+                obj.ctx.storage().set_alarm(1)?;
+            }
             Ok(String::new())
         })
     })
-    .with_alarm(move |obj, info| {
+    .with_alarm(move |_, info| {
         let run_tx = run_tx.clone();
         Box::pin(async move {
-            // The alarm may fire before the batch that set it is flushed; let that one land.
-            obj.ctx.storage().sync().await?;
-            if info.retry_count == 0 {
-                // The handler succeeds, but the batch that clears the slot will not be durable.
-                crate::context::tests_hook::fail_next_flush();
-            }
             let _ = run_tx.send(info.retry_count);
+            if info.retry_count == 0 {
+                // Parked (no lock held) until the reset drops it.
+                std::future::pending::<()>().await;
+            }
             Ok(())
         })
     });
@@ -1074,12 +1092,67 @@ async fn an_alarm_whose_clearing_write_fails_runs_again() {
         alarm_retry_base: Duration::from_millis(1),
         ..test_config()
     };
-    let rt = Runtime::start(store.clone(), cfg, vec![spec("ns", script)]).unwrap();
-    text(&rt.namespace("ns").unwrap().get_by_name("x"), "/")
-        .await
-        .unwrap();
+    let rt = Runtime::start(store.clone(), cfg, vec![spec("ns", script), barrier_spec()]).unwrap();
+    let stub = rt.namespace("ns").unwrap().get_by_name("x");
+    text(&stub, "/").await.unwrap();
     assert_eq!(within("first run", run_rx.recv()).await.unwrap(), 0);
+    let _ = text(&stub, "/reset").await;
     assert_eq!(within("second run", run_rx.recv()).await.unwrap(), 1);
+    within("alarm cleared", async {
+        while !store.alarms().unwrap().is_empty() {
+            barrier(&rt).await;
+        }
+    })
+    .await;
+}
+
+/// An alarm whose object cannot be constructed (the constructor fails once) is not lost: the
+/// scheduler hears that the event failed and runs it again.
+#[tokio::test]
+async fn an_alarm_survives_a_failing_constructor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (run_tx, mut run_rx) = mpsc::unbounded_channel::<u32>();
+    let script = Script::new(|obj, path| {
+        Box::pin(async move {
+            if path == "/reset" {
+                obj.ctx.reset("reset by the test");
+            } else {
+                obj.ctx.storage().set_alarm(now_ms() + 20)?;
+            }
+            Ok(String::new())
+        })
+    })
+    .with_alarm(move |_, info| {
+        let _ = run_tx.send(info.retry_count);
+        Box::pin(async { Ok(()) })
+    });
+    let constructed = script.constructed.clone();
+    let fail_on = 2;
+    let spec = NamespaceSpec {
+        name: "ns".into(),
+        ids: IdFactory::from_unique_key("ns"),
+        factory: Arc::new(
+            move |ctx: ActorContext| -> Result<Box<dyn Actor>, ActorError> {
+                // The second construction (the one the alarm causes) fails.
+                if constructed.load(Ordering::SeqCst) + 1 == fail_on {
+                    constructed.fetch_add(1, Ordering::SeqCst);
+                    return Err(ActorError::new("constructor failed"));
+                }
+                spec("ns", script.clone()).factory.create(ctx)
+            },
+        ),
+    };
+    let cfg = RuntimeConfig {
+        alarm_retry_base: Duration::from_millis(1),
+        ..test_config()
+    };
+    let rt = Runtime::start(store.clone(), cfg, vec![spec]).unwrap();
+    let stub = rt.namespace("ns").unwrap().get_by_name("x");
+    text(&stub, "/").await.unwrap();
+    // Drop the instance, so the alarm has to construct a new one.
+    let _ = text(&stub, "/reset").await;
+    assert_eq!(within("alarm run", run_rx.recv()).await.unwrap(), 1);
     within("alarm cleared", async {
         while !store.alarms().unwrap().is_empty() {
             tokio::task::yield_now().await;

@@ -91,6 +91,20 @@ pub struct DevArgs {
     #[arg(long)]
     pub test_scheduled: bool,
 
+    /// Largest request body accepted, in MB (Cloudflare's default plan limit is 100); past it
+    /// the request gets 413.
+    #[arg(long, value_name = "MB", default_value_t = 100)]
+    pub max_body_mb: u64,
+
+    /// Client connections served at once; a connection past it gets 503.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// How long a Durable Object whose only connections are hibernatable WebSockets stays in
+    /// memory without events [default: 10000, Cloudflare's 10 s].
+    #[arg(long, value_name = "MS")]
+    pub hibernate_after_ms: Option<u64>,
+
     /// Extra string var for the primary worker, as KEY:VALUE (repeatable).
     #[arg(long = "var", value_name = "KEY:VALUE", value_parser = parse_var)]
     pub vars: Vec<(String, String)>,

@@ -50,6 +50,8 @@ pub struct WorkerConfig {
     pub spec: WorkerSpec,
     /// `[[migrations]]`, applied against the state directory when the run starts.
     pub migrations: Vec<Migration>,
+    /// `no_bundle = true`: run `main` as it is even if it imports packages.
+    pub no_bundle: bool,
     /// `[dev]` `ip` and `port`: defaults for `cinder dev` when the flags are absent.
     pub dev_ip: Option<String>,
     pub dev_port: Option<u16>,
@@ -381,15 +383,6 @@ fn build(
             main.display()
         )));
     }
-    if matches!(
-        main.extension().and_then(|e| e.to_str()),
-        Some("ts" | "tsx" | "mts" | "jsx")
-    ) {
-        warnings.push(format!(
-            "{file}: main = {main_rel:?} needs a build step; cinder runs JavaScript modules as they are (bundle with esbuild first)"
-        ));
-    }
-
     let mut vars: Vec<(String, Value)> = raw
         .vars
         .unwrap_or_default()
@@ -570,6 +563,11 @@ fn build(
             r2_buckets,
         },
         migrations,
+        no_bundle: raw
+            .no_bundle
+            .as_ref()
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         dev_ip,
         dev_port,
         warnings,

@@ -17,13 +17,16 @@ use cinder_stateless::{Host, HostConfig, DEFAULT_HEAP_LIMIT_BYTES};
 use clap::Parser;
 use tokio::sync::watch;
 
+mod bundle;
 mod cli;
 mod config;
 mod cron;
 mod devvars;
 mod jsonc;
+mod listener;
 mod migrations;
 mod server;
+mod websocket;
 
 use cli::{Cli, Command, DevArgs};
 use config::WorkerConfig;
@@ -147,6 +150,15 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         )
     })?;
     for w in &mut workers {
+        match bundle::prepare(&mut w.spec, w.no_bundle) {
+            Ok(bundle::Prepared::AsIs) => {}
+            Ok(bundle::Prepared::Bundled { with, out }) => tracing::info!(
+                worker = %w.spec.name,
+                "bundled with {with} into {}",
+                out.display()
+            ),
+            Err(e) => return Err(e),
+        }
         let mut warnings = Vec::new();
         w.spec.classes = migrations::apply(
             &persist_to,
@@ -214,6 +226,10 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         heap_limit_bytes: DEFAULT_HEAP_LIMIT_BYTES,
         state_dir: Some(persist_to.clone()),
         durability: Default::default(),
+        hibernate_after: args
+            .hibernate_after_ms
+            .map(Duration::from_millis)
+            .unwrap_or(cinder_stateless::DEFAULT_HIBERNATE_AFTER),
         enable_r2: s3_listener.is_some(),
     };
     if args.allow_private_fetch {
@@ -234,16 +250,14 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         default_cron,
         test_scheduled: args.test_scheduled,
         local_addr,
+        max_body_bytes: args.max_body_mb.saturating_mul(1_000_000),
     });
-    let app = server::router(front).into_make_service_with_connect_info::<SocketAddr>();
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let app = server::router(front);
+    let limits = listener::Limits {
+        max_connections: args.max_connections,
+        ..listener::Limits::default()
+    };
+    let server = tokio::spawn(listener::serve(listener, app, limits, stop_rx.clone()));
 
     let mut s3_server = None;
     if let Some(listener) = s3_listener {

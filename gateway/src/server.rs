@@ -25,6 +25,8 @@ pub struct Front {
     pub test_scheduled: bool,
     /// Authority used when a request has no Host header.
     pub local_addr: SocketAddr,
+    /// Largest request body passed on (`--max-body-mb`).
+    pub max_body_bytes: u64,
 }
 
 pub fn router(front: Arc<Front>) -> Router {
@@ -50,7 +52,39 @@ async fn handle(
         // Cloudflare sets this on every request; workers read it for the client address.
         req.headers_mut().insert("cf-connecting-ip", ip);
     }
-    front.host.fetch(&front.primary, req).await
+    // A declared body over the limit is refused before the worker runs; a streamed one that
+    // grows past it fails the worker's read at the limit.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > front.max_body_bytes) {
+        return plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "Request body too large: the limit is {} bytes (--max-body-mb).\n",
+                front.max_body_bytes
+            ),
+        );
+    }
+    let limit = usize::try_from(front.max_body_bytes).unwrap_or(usize::MAX);
+    let req = req.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
+    let mut req = req;
+    let upgrade = crate::websocket::UpgradeRequest::take(&mut req);
+    let resp = front.host.fetch(&front.primary, req).await;
+    match resp
+        .extensions()
+        .get::<cinder_stateless::WsHandoff>()
+        .copied()
+    {
+        Some(cinder_stateless::WsHandoff(socket))
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS =>
+        {
+            crate::websocket::upgrade(&front.host, socket, upgrade, resp)
+        }
+        _ => resp,
+    }
 }
 
 /// Workers see `request.url` as an absolute URL: scheme, the Host the client asked for, path.

@@ -68,18 +68,19 @@ fn prefix_end(prefix: &str) -> Option<String> {
 
 impl Kv<'_> {
     fn ensure_table(&self) -> Result<(), SqlError> {
-        if !self.db.kv_ready.get() {
+        if !self.db.inner.kv_ready.get() {
+            self.db.inner.size_may_change();
             self.db.trusted(
                 "CREATE TABLE IF NOT EXISTS _cf_KV (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID",
             )?;
-            self.db.kv_ready.set(true);
+            self.db.inner.kv_ready.set(true);
         }
         Ok(())
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Bytes>, SqlError> {
         check_key(key)?;
-        if !self.db.kv_ready.get() {
+        if !self.db.inner.kv_ready.get() {
             return Ok(None);
         }
         let conn = self.db.conn();
@@ -123,6 +124,7 @@ impl Kv<'_> {
             .map_err(sqlite_err)?;
         drop(st);
         drop(conn);
+        self.db.inner.size_may_change();
         self.db.wrote();
         Ok(())
     }
@@ -144,7 +146,7 @@ impl Kv<'_> {
 
     pub fn delete(&self, key: &str) -> Result<bool, SqlError> {
         check_key(key)?;
-        if !self.db.kv_ready.get() {
+        if !self.db.inner.kv_ready.get() {
             return Ok(false);
         }
         let conn = self.db.conn();
@@ -154,6 +156,7 @@ impl Kv<'_> {
         let deleted = st.execute([key]).map_err(sqlite_err)? > 0;
         drop(st);
         drop(conn);
+        self.db.inner.size_may_change();
         self.db.wrote();
         Ok(deleted)
     }
@@ -181,7 +184,7 @@ impl Kv<'_> {
         if opts.limit == Some(0) {
             return Err(StorageError::ListLimit.into());
         }
-        if !self.db.kv_ready.get() {
+        if !self.db.inner.kv_ready.get() {
             return Ok(Vec::new());
         }
         let mut sql = String::from("SELECT key, value FROM _cf_KV WHERE 1");

@@ -2,22 +2,24 @@
 //!
 //! Written on the raw C API because `exec()` needs what rusqlite keeps private: the tail of
 //! the text after each statement (to know which statement is last before running it), the
-//! statement's parameter count before binding, and per-statement status counters.
+//! statement's parameter count before binding, per-statement status counters, and statements
+//! that outlive the call (streaming cursors, [`crate::cursor`]).
 
-use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_char, c_int, CStr};
 use std::ptr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use libsqlite3_sys as ffi;
 
 use crate::auth::AuthState;
-use crate::cursor::{Cursor, SqlValue};
+use crate::cursor::{Cursor, LiveQuery, LiveState, SqlValue};
+use crate::db::Inner;
 use crate::error::{SqlError, MULTI_PARAMS, NO_STATEMENT, TRANSACTION_REFUSED, WRONG_BINDINGS};
 
-/// Finalizes the statement on every path out.
-pub(crate) struct Stmt(*mut ffi::sqlite3_stmt);
+/// A prepared statement, finalized on drop (a null one is a no-op for SQLite).
+pub(crate) struct Stmt(pub(crate) *mut ffi::sqlite3_stmt);
 
 impl Drop for Stmt {
     fn drop(&mut self) {
@@ -25,65 +27,159 @@ impl Drop for Stmt {
     }
 }
 
-// SAFETY: a statement is used only together with its connection, and both live in the same
-// `SqlStorage`, which moves between threads as a whole and is never shared (`!Sync`).
-unsafe impl Send for Stmt {}
-
 /// Prepared single-statement queries of `exec()`, by SQL text (workerd caches them too): a
-/// counter's `UPDATE` is parsed and authorized once, not per call. Kept apart from rusqlite's
-/// cache, which holds the engine's trusted statements: user text equal to an engine statement
-/// must never reuse a statement the authorizer passed in trusted mode.
+/// counter's `UPDATE` is parsed and authorized once, not per call, and its column names are
+/// built once. Kept apart from rusqlite's cache, which holds the engine's trusted statements:
+/// user text equal to an engine statement must never reuse a statement the authorizer passed
+/// in trusted mode. A statement a streaming cursor is still reading is out of its slot
+/// meanwhile, so running the same SQL again compiles a one-off copy (as workerd does).
 #[derive(Default)]
 pub(crate) struct StmtCache {
-    map: HashMap<String, Stmt>,
-    order: VecDeque<String>,
+    index: HashMap<Box<str>, usize>,
+    slots: Vec<Slot>,
+    tick: u64,
+}
+
+struct Slot {
+    sql: Box<str>,
+    /// `None` while the statement is running (taken).
+    stmt: Option<Stmt>,
+    /// Column names, valid while SQLite has not re-prepared the statement (its
+    /// `SQLITE_STMTSTATUS_REPREPARE` count is unchanged).
+    columns: Option<(Arc<[String]>, c_int)>,
+    used: u64,
+    generation: u64,
+}
+
+/// Where a statement taken from (or meant for) the cache goes back.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlotRef {
+    index: usize,
+    generation: u64,
 }
 
 const CACHE_ENTRIES: usize = 64;
 
 impl StmtCache {
-    fn take(&mut self, sql: &str) -> Option<Stmt> {
-        self.map.remove(sql)
+    /// The cached statement for `sql`, unless there is none or it is running.
+    fn take(&mut self, sql: &str) -> Option<(Stmt, SlotRef)> {
+        let &index = self.index.get(sql)?;
+        self.tick += 1;
+        let slot = &mut self.slots[index];
+        slot.used = self.tick;
+        let stmt = slot.stmt.take()?;
+        Some((
+            stmt,
+            SlotRef {
+                index,
+                generation: slot.generation,
+            },
+        ))
     }
 
-    fn put(&mut self, sql: &str, stmt: Stmt) {
-        if !self.order.iter().any(|k| k == sql) {
-            self.order.push_back(sql.to_owned());
+    /// A slot for a statement just prepared for `sql`; `None` if the SQL has a slot whose
+    /// statement is running (the new one is then a one-off) or every slot is busy.
+    fn reserve(&mut self, sql: &str) -> Option<SlotRef> {
+        self.tick += 1;
+        if let Some(&index) = self.index.get(sql) {
+            let slot = &mut self.slots[index];
+            if slot.stmt.is_some() {
+                // Same text, idle statement: replace it with the fresh one.
+                slot.stmt = None;
+                slot.columns = None;
+                slot.used = self.tick;
+                return Some(SlotRef {
+                    index,
+                    generation: slot.generation,
+                });
+            }
+            return None;
         }
-        self.map.insert(sql.to_owned(), stmt);
-        while self.order.len() > CACHE_ENTRIES {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
+        let slot = Slot {
+            sql: sql.into(),
+            stmt: None,
+            columns: None,
+            used: self.tick,
+            generation: 0,
+        };
+        let index = if self.slots.len() < CACHE_ENTRIES {
+            self.slots.push(slot);
+            self.slots.len() - 1
+        } else {
+            // Evict the least recently used idle statement.
+            let (index, _) = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.stmt.is_some())
+                .min_by_key(|(_, s)| s.used)?;
+            let old = &mut self.slots[index];
+            self.index.remove(&old.sql);
+            let generation = old.generation + 1;
+            *old = Slot { generation, ..slot };
+            index
+        };
+        self.index.insert(sql.into(), index);
+        Some(SlotRef {
+            index,
+            generation: self.slots[index].generation,
+        })
+    }
+
+    /// Puts a rewound statement back in its slot (or finalizes it if the slot moved on).
+    pub(crate) fn put(&mut self, at: SlotRef, stmt: Stmt) {
+        if let Some(slot) = self.slots.get_mut(at.index) {
+            if slot.generation == at.generation && slot.stmt.is_none() {
+                slot.stmt = Some(stmt);
             }
         }
     }
 
+    /// The statement's column names, from the slot while SQLite has not re-prepared it.
+    unsafe fn columns(&mut self, at: Option<SlotRef>, stmt: &Stmt) -> Arc<[String]> {
+        let reprepared = ffi::sqlite3_stmt_status(stmt.0, ffi::SQLITE_STMTSTATUS_REPREPARE, 0);
+        let slot = at.and_then(|at| {
+            self.slots
+                .get_mut(at.index)
+                .filter(|s| s.generation == at.generation)
+        });
+        if let Some(slot) = slot {
+            if let Some((cols, n)) = &slot.columns {
+                if *n == reprepared {
+                    return cols.clone();
+                }
+            }
+            let cols = column_names(stmt);
+            slot.columns = Some((cols.clone(), reprepared));
+            return cols;
+        }
+        column_names(stmt)
+    }
+
     /// Finalizes every statement (before the connection closes).
     pub(crate) fn clear(&mut self) {
-        self.map.clear();
-        self.order.clear();
+        self.index.clear();
+        self.slots.clear();
     }
 }
 
-/// Binds and runs the last (or only) statement of an `exec()`.
-unsafe fn run_last(
-    db: *mut ffi::sqlite3,
-    stmt: &Stmt,
-    bindings: &[SqlValue],
-    rows_read: u64,
-    rows_written: u64,
-) -> Result<Cursor, SqlError> {
-    let params = ffi::sqlite3_bind_parameter_count(stmt.0) as usize;
-    if params != bindings.len() {
-        return Err(SqlError::Api(WRONG_BINDINGS));
-    }
-    for (i, v) in bindings.iter().enumerate() {
-        bind(db, stmt, i as c_int + 1, v)?;
-    }
-    let (rows, r, w) = step_all(db, stmt, true)?;
-    // After stepping: a schema change re-prepares the statement during the first step.
+/// Rewinds a statement for its next run: bindings and status counters cleared.
+pub(crate) unsafe fn rewind(stmt: &Stmt) {
+    ffi::sqlite3_reset(stmt.0);
+    ffi::sqlite3_clear_bindings(stmt.0);
+    ffi::sqlite3_stmt_status(stmt.0, ffi::SQLITE_STMTSTATUS_FULLSCAN_STEP, 1);
+}
+
+/// `rowsRead` of one statement, approximated from what the unpatched SQLite counts: workerd's
+/// patched SQLite counts B-tree rows visited; here a row is counted once whether it was
+/// scanned, returned or changed (a full scan returning its rows is not counted twice).
+pub(crate) fn rows_read(scanned: u64, returned: u64, written: u64) -> u64 {
+    scanned.max(returned).max(written)
+}
+
+unsafe fn column_names(stmt: &Stmt) -> Arc<[String]> {
     let n = ffi::sqlite3_column_count(stmt.0);
-    let columns: Arc<[String]> = (0..n)
+    (0..n)
         .map(|i| {
             let p = ffi::sqlite3_column_name(stmt.0, i);
             if p.is_null() {
@@ -92,34 +188,116 @@ unsafe fn run_last(
                 CStr::from_ptr(p).to_string_lossy().into_owned()
             }
         })
-        .collect();
-    Ok(Cursor {
-        columns,
-        rows,
-        rows_read: rows_read + r,
-        rows_written: rows_written + w,
-    })
+        .collect()
 }
 
-/// Runs `sql` (one or more statements) as user SQL; returns the last statement's rows.
+/// Binds and starts the last (or only) statement of an `exec()`. A read-only statement is
+/// stepped once and, if it has a row, handed to a streaming cursor; any other statement runs
+/// to completion here. `key`: where the statement returns in the statement cache.
+#[allow(clippy::too_many_arguments)]
+unsafe fn start_last(
+    inner: &Rc<Inner>,
+    stmt: Stmt,
+    key: Option<SlotRef>,
+    altered: bool,
+    bindings: &[SqlValue],
+    base_read: u64,
+    base_written: u64,
+) -> Result<Cursor, SqlError> {
+    let db = inner.handle();
+    let done = |stmt: Stmt, key: Option<SlotRef>| match key {
+        Some(k) => inner.return_to_cache(k, stmt),
+        None => drop(stmt),
+    };
+    let columns_of = |stmt: &Stmt| inner.stmts.borrow_mut().columns(key, stmt);
+    let params = ffi::sqlite3_bind_parameter_count(stmt.0) as usize;
+    if params != bindings.len() {
+        done(stmt, key);
+        return Err(SqlError::Api(WRONG_BINDINGS));
+    }
+    for (i, v) in bindings.iter().enumerate() {
+        if let Err(e) = bind(db, &stmt, i as c_int + 1, v) {
+            done(stmt, key);
+            return Err(e);
+        }
+    }
+    if altered || ffi::sqlite3_stmt_readonly(stmt.0) == 0 {
+        inner.size_may_change();
+        let out = guard_rename(db, &inner.auth, altered, || step_all(db, &stmt, true));
+        // After stepping: a schema change re-prepares the statement during the first step.
+        let columns = columns_of(&stmt);
+        done(stmt, key);
+        let (rows, r, w) = out?;
+        return Ok(Cursor {
+            columns,
+            rows,
+            rows_read: base_read + r,
+            rows_written: base_written + w,
+            live: None,
+        });
+    }
+    let rc = inner.step_user(&stmt);
+    let columns = columns_of(&stmt);
+    match rc {
+        ffi::SQLITE_ROW => {
+            let mut state = LiveState {
+                query: Some(LiveQuery {
+                    stmt,
+                    cache_key: key,
+                    conn: Rc::downgrade(inner),
+                    base_read,
+                    base_written,
+                    returned: 1,
+                }),
+                rows_read: 0,
+                rows_written: 0,
+                canceled: None,
+            };
+            state.count();
+            let live = Rc::new(std::cell::RefCell::new(state));
+            inner.register_live(&live);
+            Ok(Cursor {
+                columns,
+                rows: VecDeque::new(),
+                rows_read: 0,
+                rows_written: 0,
+                live: Some(live),
+            })
+        }
+        ffi::SQLITE_DONE => {
+            let scanned = ffi::sqlite3_stmt_status(stmt.0, ffi::SQLITE_STMTSTATUS_FULLSCAN_STEP, 0)
+                .max(0) as u64;
+            done(stmt, key);
+            Ok(Cursor {
+                columns,
+                rows: VecDeque::new(),
+                rows_read: base_read + rows_read(scanned, 0, 0),
+                rows_written: base_written,
+                live: None,
+            })
+        }
+        rc => {
+            let msg = error_message(db, rc);
+            done(stmt, key);
+            Err(SqlError::Sqlite(msg))
+        }
+    }
+}
+
+/// Runs `sql` (one or more statements) as user SQL; returns a cursor over the last one's rows.
 ///
 /// # Safety
-/// `db` must be a valid open connection used by this thread only for the duration.
+/// `inner`'s connection must be open and used by this thread only.
 pub(crate) unsafe fn run(
-    db: *mut ffi::sqlite3,
-    auth: &Arc<AuthState>,
-    cache: &RefCell<StmtCache>,
+    inner: &Rc<Inner>,
     sql: &str,
     bindings: &[SqlValue],
 ) -> Result<Cursor, SqlError> {
-    let cached = cache.borrow_mut().take(sql);
-    if let Some(stmt) = cached {
-        ffi::sqlite3_reset(stmt.0);
-        ffi::sqlite3_clear_bindings(stmt.0);
-        let out = run_last(db, &stmt, bindings, 0, 0);
-        ffi::sqlite3_reset(stmt.0);
-        cache.borrow_mut().put(sql, stmt);
-        return out;
+    let db = inner.handle();
+    let auth = &inner.auth;
+    let cached = inner.stmts.borrow_mut().take(sql);
+    if let Some((stmt, at)) = cached {
+        return start_last(inner, stmt, Some(at), false, bindings, 0, 0);
     }
     let bytes = sql.as_bytes();
     let mut pos = 0usize;
@@ -162,21 +340,22 @@ pub(crate) unsafe fn run(
             if ffi::sqlite3_bind_parameter_count(stmt.0) != 0 {
                 return Err(SqlError::Api(MULTI_PARAMS));
             }
+            if ffi::sqlite3_stmt_readonly(stmt.0) == 0 {
+                inner.size_may_change();
+            }
             let (_, r, w) = guard_rename(db, auth, altered, || step_all(db, &stmt, false))?;
             rows_read += r;
             rows_written += w;
             continue;
         }
         let single = consumed == bytes.len() || rest.as_ptr() == bytes.as_ptr();
-        let out = guard_rename(db, auth, altered, || {
-            run_last(db, &stmt, bindings, rows_read, rows_written)
-        });
-        ffi::sqlite3_reset(stmt.0);
         // A guarded statement is never cached: its guard is decided at prepare time.
-        if single && out.is_ok() && !altered {
-            cache.borrow_mut().put(sql, stmt);
-        }
-        return out;
+        let key = if single && !altered {
+            inner.stmts.borrow_mut().reserve(sql)
+        } else {
+            None
+        };
+        return start_last(inner, stmt, key, altered, bindings, rows_read, rows_written);
     }
 }
 
@@ -241,9 +420,7 @@ type Stepped = (VecDeque<Vec<SqlValue>>, u64, u64);
 
 /// Steps to completion; returns the rows (if `keep`), rows read and rows written.
 ///
-/// Rows written are the change counter's delta (triggers included). Rows read approximate
-/// workerd's patched counters: full-scan steps plus rows returned plus rows changed (each
-/// changed row was read to be changed).
+/// Rows written are the change counter's delta (triggers included); rows read: [`rows_read`].
 unsafe fn step_all(db: *mut ffi::sqlite3, stmt: &Stmt, keep: bool) -> Result<Stepped, SqlError> {
     let before = ffi::sqlite3_total_changes64(db);
     let mut rows = VecDeque::new();
@@ -264,10 +441,11 @@ unsafe fn step_all(db: *mut ffi::sqlite3, stmt: &Stmt, keep: bool) -> Result<Ste
     // Read and reset: a cached statement counts per run.
     let scanned =
         ffi::sqlite3_stmt_status(stmt.0, ffi::SQLITE_STMTSTATUS_FULLSCAN_STEP, 1).max(0) as u64;
-    Ok((rows, scanned + returned + written, written))
+    Ok((rows, rows_read(scanned, returned, written), written))
 }
 
-unsafe fn read_row(stmt: &Stmt) -> Vec<SqlValue> {
+/// The current row's values.
+pub(crate) unsafe fn read_row(stmt: &Stmt) -> Vec<SqlValue> {
     let n = ffi::sqlite3_column_count(stmt.0);
     (0..n)
         .map(|i| match ffi::sqlite3_column_type(stmt.0, i) {

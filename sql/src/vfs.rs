@@ -12,7 +12,8 @@
 //! Under the object's [`Section::Sql`]: `b"p" ‖ u32 BE chunk index` holds 4,096-byte chunks of
 //! the database file (SQLite's page size is pinned to 4,096, so a chunk is a page; stored with
 //! its longest zero run cut out, see `encode`), and `b"z"`
-//! holds the file size as a `u64` LE. No file descriptor exists per database: every read is
+//! holds the file size as a `u64` LE (`h…`, `v` and `r` belong to the undo log of
+//! [`crate::history`], which sees every page change first). No file descriptor exists per database: every read is
 //! `raw_get` (this turn's writes, then the read cache, then fjall) and every write is a
 //! `raw_put` into the object's turn batch.
 //!
@@ -39,6 +40,8 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use cinder_storage::{ObjectStorage, Section};
+
+use crate::history::SharedHistory;
 use libsqlite3_sys as ffi;
 
 /// Registered name of the VFS.
@@ -50,6 +53,19 @@ pub(crate) const CHUNK: u64 = 4096;
 const SIZE_KEY: &[u8] = b"z";
 const PAGE_PREFIX: u8 = b'p';
 
+/// The page number a chunk index is recorded under in the undo log.
+fn page_number(index: u64) -> u32 {
+    u32::try_from(index).unwrap_or(u32::MAX - 1)
+}
+
+/// Key of a page in the object's SQL section (also what the undo log restores into).
+pub(crate) fn page_key(page: u32) -> Vec<u8> {
+    chunk_key(u64::from(page)).to_vec()
+}
+
+/// Key of the file size record.
+pub(crate) const SIZE_RECORD: &[u8] = SIZE_KEY;
+
 fn chunk_key(index: u64) -> [u8; 5] {
     let i = u32::try_from(index).unwrap_or(u32::MAX).to_be_bytes();
     [PAGE_PREFIX, i[0], i[1], i[2], i[3]]
@@ -58,13 +74,19 @@ fn chunk_key(index: u64) -> [u8; 5] {
 thread_local! {
     /// The storage the next main-database `xOpen` on this thread belongs to. `sqlite3_open_v2`
     /// opens the main file synchronously, so [`open_with`] sets this just around the call.
-    static OPENING: RefCell<Option<ObjectStorage>> = const { RefCell::new(None) };
+    static OPENING: RefCell<Option<(ObjectStorage, Option<SharedHistory>)>> =
+        const { RefCell::new(None) };
 }
 
 /// Runs `open` (which must call `sqlite3_open_v2` with [`VFS_NAME`]) so that the main database
 /// file it opens is backed by `storage`.
-pub(crate) fn open_with<T>(storage: ObjectStorage, open: impl FnOnce() -> T) -> T {
-    OPENING.with(|o| *o.borrow_mut() = Some(storage));
+/// With `history`, every page change is recorded in the undo log first ([`crate::history`]).
+pub(crate) fn open_with<T>(
+    storage: ObjectStorage,
+    history: Option<SharedHistory>,
+    open: impl FnOnce() -> T,
+) -> T {
+    OPENING.with(|o| *o.borrow_mut() = Some((storage, history)));
     let out = open();
     OPENING.with(|o| o.borrow_mut().take());
     out
@@ -74,6 +96,10 @@ pub(crate) fn open_with<T>(storage: ObjectStorage, open: impl FnOnce() -> T) -> 
 pub(crate) fn register() -> Result<(), c_int> {
     static RC: OnceLock<c_int> = OnceLock::new();
     let rc = *RC.get_or_init(|| unsafe {
+        // No global memory statistics unless a budget was asked for first (then SQLite is
+        // initialized already and this is refused): they take a process-wide mutex on every
+        // SQLite allocation, ~100 per small transaction, shared by all executor threads.
+        ffi::sqlite3_config(ffi::SQLITE_CONFIG_MEMSTATUS, 0 as c_int);
         let rc = ffi::sqlite3_initialize();
         if rc != ffi::SQLITE_OK {
             return rc;
@@ -131,10 +157,14 @@ enum FileState {
 struct PageFile {
     storage: ObjectStorage,
     size: u64,
+    history: Option<SharedHistory>,
 }
 
 impl PageFile {
-    fn open(storage: ObjectStorage) -> Result<Self, cinder_storage::StorageError> {
+    fn open(
+        storage: ObjectStorage,
+        history: Option<SharedHistory>,
+    ) -> Result<Self, cinder_storage::StorageError> {
         let size = match storage.raw_get(Section::Sql, SIZE_KEY)? {
             Some(b) if b.len() == 8 => {
                 let mut a = [0u8; 8];
@@ -149,7 +179,11 @@ impl PageFile {
             }
             None => 0,
         };
-        Ok(Self { storage, size })
+        Ok(Self {
+            storage,
+            size,
+            history,
+        })
     }
 
     /// The chunk's 4,096 bytes, decoded.
@@ -162,9 +196,16 @@ impl PageFile {
         }
     }
 
-    fn put_chunk(&self, index: u64, data: &[u8]) {
-        self.storage
-            .raw_put(Section::Sql, &chunk_key(index), encode(data));
+    fn put_chunk(&self, index: u64, data: &[u8]) -> Result<(), cinder_storage::StorageError> {
+        let key = chunk_key(index);
+        let stored = encode(data);
+        if let Some(h) = &self.history {
+            let mut h = h.borrow_mut();
+            h.before_page_write(page_number(index), &key)?;
+            h.after_page_write(page_number(index), Some(&stored));
+        }
+        self.storage.raw_put(Section::Sql, &key, stored);
+        Ok(())
     }
 
     /// Fills `buf` from `offset`; returns false if the file ended first (rest zero-filled).
@@ -200,7 +241,7 @@ impl PageFile {
             let hi = end.min(c_start + CHUNK);
             let src = &buf[(lo - offset) as usize..(hi - offset) as usize];
             if lo == c_start && hi == c_start + CHUNK {
-                self.put_chunk(index, src);
+                self.put_chunk(index, src)?;
             } else {
                 // Partial chunk: read-modify-write. SQLite writes whole pages to the main file,
                 // so this only runs for the 100-byte header probes of odd callers.
@@ -211,7 +252,7 @@ impl PageFile {
                     }
                 }
                 data[(lo - c_start) as usize..(hi - c_start) as usize].copy_from_slice(src);
-                self.put_chunk(index, &data);
+                self.put_chunk(index, &data)?;
             }
         }
         if end > self.size {
@@ -227,7 +268,13 @@ impl PageFile {
         let first_gone = size.div_ceil(CHUNK);
         let old_chunks = self.size.div_ceil(CHUNK);
         for index in first_gone..old_chunks {
-            self.storage.raw_delete(Section::Sql, &chunk_key(index));
+            let key = chunk_key(index);
+            if let Some(h) = &self.history {
+                let mut h = h.borrow_mut();
+                h.before_page_write(page_number(index), &key)?;
+                h.after_page_write(page_number(index), None);
+            }
+            self.storage.raw_delete(Section::Sql, &key);
         }
         if size % CHUNK != 0 {
             // Zero the cut tail so a later extension reads zeros, as a file would.
@@ -237,7 +284,7 @@ impl PageFile {
                 if data.len() > keep {
                     data[keep..].fill(0);
                 }
-                self.put_chunk(index, &data);
+                self.put_chunk(index, &data)?;
             }
         }
         self.set_size(size);
@@ -245,6 +292,9 @@ impl PageFile {
     }
 
     fn set_size(&mut self, size: u64) {
+        if let Some(h) = &self.history {
+            h.borrow_mut().before_size_change(self.size);
+        }
         self.size = size;
         self.storage.raw_put(
             Section::Sql,
@@ -277,58 +327,109 @@ fn encode(page: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-/// Start and length of the longest run of zero bytes. Zero stretches are skipped a word at a
-/// time: this runs for every page of every commit.
+/// Start and length of the longest run of zero bytes that covers at least one aligned
+/// 64-byte block: this runs for every page of every commit, so it looks at whole blocks first
+/// (eight words OR-ed together, which the compiler vectorizes) and only refines the ends of
+/// each zero stretch byte by byte. Shorter runs (under 128 bytes they may cover no whole
+/// block) are not found; such a page is then stored as it is, costing at most 128 bytes.
 fn longest_zero_run(p: &[u8]) -> (usize, usize) {
-    let n = p.len();
+    const BLOCK: usize = 64;
     let (mut best_start, mut best_len) = (0, 0);
-    let mut i = 0;
-    while i < n {
-        while i < n && p[i] != 0 {
-            i += 1;
+    let mut consider = |first_block: usize, end_block: usize| {
+        let mut start = first_block * BLOCK;
+        while start > 0 && p[start - 1] == 0 {
+            start -= 1;
         }
-        let start = i;
-        while i < n && i % 8 != 0 && p[i] == 0 {
-            i += 1;
+        let mut end = end_block * BLOCK;
+        while end < p.len() && p[end] == 0 {
+            end += 1;
         }
-        while i + 8 <= n && p[i..i + 8] == [0u8; 8] {
-            i += 8;
-        }
-        while i < n && p[i] == 0 {
-            i += 1;
-        }
-        if i - start > best_len {
+        if end - start > best_len {
             best_start = start;
-            best_len = i - start;
+            best_len = end - start;
         }
+    };
+    let mut run: Option<usize> = None;
+    let mut blocks = 0;
+    for (b, block) in p.chunks_exact(BLOCK).enumerate() {
+        blocks = b + 1;
+        let mut any = 0u64;
+        for w in block.chunks_exact(8) {
+            any |= u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        }
+        if any == 0 {
+            run.get_or_insert(b);
+        } else if let Some(first) = run.take() {
+            consider(first, b);
+        }
+    }
+    if let Some(first) = run {
+        consider(first, blocks);
     }
     (best_start, best_len)
 }
 
 /// Inverse of [`encode`]; `None` if the record is malformed.
 fn decode(stored: &[u8]) -> Option<Vec<u8>> {
-    match stored.split_first()? {
-        (0, rest) => Some(rest.to_vec()),
+    // A record never decodes to more than a chunk: a longer one is corrupt, and trusting its
+    // length would slice past the chunk buffer (a panic inside a SQLite callback aborts the
+    // process).
+    let out = match stored.split_first()? {
+        (0, rest) => rest.to_vec(),
         (1, rest) if rest.len() >= 4 => {
             let start = u16::from_le_bytes([rest[0], rest[1]]) as usize;
             let run = u16::from_le_bytes([rest[2], rest[3]]) as usize;
             let body = &rest[4..];
-            if start > body.len() {
+            if start > body.len() || body.len() + run > CHUNK as usize {
                 return None;
             }
             let mut out = Vec::with_capacity(body.len() + run);
             out.extend_from_slice(&body[..start]);
             out.resize(start + run, 0);
             out.extend_from_slice(&body[start..]);
-            Some(out)
+            out
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    (out.len() <= CHUNK as usize).then_some(out)
 }
 
 /// Deletes every page of the object's database in its turn batch (used by `deleteAll()`).
-pub(crate) fn erase(storage: &ObjectStorage) -> Result<(), cinder_storage::StorageError> {
-    storage.raw_delete_range(Section::Sql, &[], None)
+/// The database file's bytes as committed in this object's storage (this turn's writes
+/// included): a plain SQLite database file (`D1`'s `dump()`).
+pub(crate) fn read_file(storage: &ObjectStorage) -> Result<Vec<u8>, cinder_storage::StorageError> {
+    let file = PageFile::open(storage.clone(), None)?;
+    let len = usize::try_from(file.size)
+        .map_err(|_| cinder_storage::StorageError::Corrupt("SQL file too large".into()))?;
+    let mut buf = vec![0u8; len];
+    file.read(&mut buf, 0)?;
+    Ok(buf)
+}
+
+/// With history, the old pages go to the undo log first and the log itself stays.
+pub(crate) fn erase(
+    storage: &ObjectStorage,
+    history: Option<&SharedHistory>,
+) -> Result<(), cinder_storage::StorageError> {
+    let Some(h) = history else {
+        return storage.raw_delete_range(Section::Sql, &[], None);
+    };
+    let mut h = h.borrow_mut();
+    for (key, _) in storage.raw_range(Section::Sql, &[PAGE_PREFIX], Some(&[PAGE_PREFIX + 1]))? {
+        if let Ok(k) = <[u8; 5]>::try_from(&key[..]) {
+            let page = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
+            h.before_page_write(page, &k)?;
+            h.after_page_write(page, None);
+        }
+        storage.raw_delete(Section::Sql, &key);
+    }
+    if let Some(b) = storage.raw_get(Section::Sql, SIZE_KEY)? {
+        if let Ok(a) = <[u8; 8]>::try_from(&b[..]) {
+            h.before_size_change(u64::from_le_bytes(a));
+        }
+        storage.raw_delete(Section::Sql, SIZE_KEY);
+    }
+    Ok(())
 }
 
 static IO_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
@@ -363,6 +464,15 @@ fn log_error(what: &str, e: &cinder_storage::StorageError) {
     tracing::error!(error = %e, "SQL VFS {what} failed");
 }
 
+/// The SQLite result for a failed file operation: `SQLITE_CORRUPT` for a record that does not
+/// decode (SQLite reports "database disk image is malformed"), `io_error` otherwise.
+fn failure_code(e: &cinder_storage::StorageError, io_error: c_int) -> c_int {
+    match e {
+        cinder_storage::StorageError::Corrupt(_) => ffi::SQLITE_CORRUPT,
+        _ => io_error,
+    }
+}
+
 unsafe extern "C" fn x_open(
     _vfs: *mut ffi::sqlite3_vfs,
     _name: *const c_char,
@@ -373,10 +483,10 @@ unsafe extern "C" fn x_open(
     let f = file as *mut File;
     (*f).base.pMethods = ptr::null();
     let state = if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
-        let Some(storage) = OPENING.with(|o| o.borrow_mut().take()) else {
+        let Some((storage, history)) = OPENING.with(|o| o.borrow_mut().take()) else {
             return ffi::SQLITE_CANTOPEN;
         };
-        match PageFile::open(storage) {
+        match PageFile::open(storage, history) {
             Ok(p) => FileState::Pages(p),
             Err(e) => {
                 log_error("open", &e);
@@ -417,7 +527,7 @@ unsafe extern "C" fn x_read(
             Ok(false) => ffi::SQLITE_IOERR_SHORT_READ,
             Err(e) => {
                 log_error("read", &e);
-                ffi::SQLITE_IOERR_READ
+                failure_code(&e, ffi::SQLITE_IOERR_READ)
             }
         },
         FileState::Memory(v) => {
@@ -447,7 +557,7 @@ unsafe extern "C" fn x_write(
             Ok(()) => ffi::SQLITE_OK,
             Err(e) => {
                 log_error("write", &e);
-                ffi::SQLITE_IOERR_WRITE
+                failure_code(&e, ffi::SQLITE_IOERR_WRITE)
             }
         },
         FileState::Memory(v) => {
@@ -468,7 +578,7 @@ unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3
             Ok(()) => ffi::SQLITE_OK,
             Err(e) => {
                 log_error("truncate", &e);
-                ffi::SQLITE_IOERR_TRUNCATE
+                failure_code(&e, ffi::SQLITE_IOERR_TRUNCATE)
             }
         },
         FileState::Memory(v) => {
@@ -639,6 +749,42 @@ mod tests {
     use super::{decode, encode};
 
     #[test]
+    fn a_record_longer_than_a_chunk_is_corrupt_not_a_panic() {
+        use super::{chunk_key, PageFile, CHUNK};
+        use cinder_storage::{Section, Store, StoreConfig};
+        // Too long as stored, and too long once its zero run is put back.
+        let mut zero_run = vec![1u8, 0, 0, 0xff, 0xff];
+        zero_run.extend(std::iter::repeat_n(7u8, 10));
+        for record in [vec![0u8; 1 + CHUNK as usize + 900], zero_run] {
+            assert!(decode(&record).is_none());
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+            let storage = store.object([5; 32]);
+            storage.raw_put(Section::Sql, &chunk_key(0), bytes::Bytes::from(record));
+            let mut file = PageFile::open(storage, None).unwrap();
+            file.size = CHUNK;
+            let mut buf = vec![0u8; 100];
+            assert!(matches!(
+                file.read(&mut buf, 0),
+                Err(cinder_storage::StorageError::Corrupt(_))
+            ));
+            // A partial write reads the chunk first: it used to copy the whole record into a
+            // chunk-sized buffer.
+            assert!(matches!(
+                file.write(&[9u8; 100], 0),
+                Err(cinder_storage::StorageError::Corrupt(_))
+            ));
+            assert_eq!(
+                super::failure_code(
+                    &cinder_storage::StorageError::Corrupt(String::new()),
+                    libsqlite3_sys::SQLITE_IOERR_READ
+                ),
+                libsqlite3_sys::SQLITE_CORRUPT
+            );
+        }
+    }
+
+    #[test]
     fn pages_round_trip_through_their_stored_form() {
         let mut sparse = vec![0u8; 4096];
         sparse[..8].copy_from_slice(b"\x0d\0\0\0\x01\x0f\xf0\0");
@@ -656,5 +802,47 @@ mod tests {
         odd[3000..3001].fill(0);
         assert_eq!(super::longest_zero_run(&odd), (13, 2037));
         assert_eq!(decode(&encode(&odd)).unwrap(), odd);
+    }
+
+    #[test]
+    fn block_scan_finds_the_longest_run_a_byte_scan_finds() {
+        fn naive(p: &[u8]) -> (usize, usize) {
+            let (mut best, mut i) = ((0, 0), 0);
+            while i < p.len() {
+                let start = i;
+                while i < p.len() && p[i] == 0 {
+                    i += 1;
+                }
+                if i - start > best.1 {
+                    best = (start, i - start);
+                }
+                i += 1;
+            }
+            best
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..2000 {
+            let len = [4096, 4095, 13, 100][round % 4];
+            let mut p = vec![0u8; len];
+            // Dense stretches separated by zero gaps of random lengths and places.
+            for _ in 0..(round % 7) + 1 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let start = (seed as usize) % len;
+                let n = ((seed >> 20) as usize) % (len / 2 + 1);
+                for b in p.iter_mut().skip(start).take(n) {
+                    *b = (seed >> 40) as u8 | 1;
+                }
+            }
+            let want = naive(&p);
+            let got = super::longest_zero_run(&p);
+            if want.1 >= 128 {
+                assert_eq!(got, want, "round {round}");
+            } else {
+                assert!(got.1 <= want.1, "round {round}");
+            }
+            assert_eq!(decode(&encode(&p)).unwrap(), p);
+        }
     }
 }

@@ -15,7 +15,7 @@ fn exec_cursor_and_multi_statement() {
     let dir = tempfile::tempdir().unwrap();
     let st = store(dir.path(), Durability::Process);
     let db = open(&st, 1);
-    let c = db
+    let mut c = db
         .exec(
             "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, score REAL, data BLOB);
              INSERT INTO t VALUES (1, 'a', 1.5, x'00ff');
@@ -26,7 +26,7 @@ fn exec_cursor_and_multi_statement() {
         .unwrap();
     assert_eq!(c.column_names(), ["id", "name", "score", "data"]);
     assert_eq!(c.rows_written(), 2);
-    let rows = c.to_array();
+    let rows = c.to_array().unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].get("name"), Some(&SqlValue::Text("a".into())));
     assert_eq!(rows[0].get("score"), Some(&SqlValue::Real(1.5)));
@@ -38,24 +38,29 @@ fn exec_cursor_and_multi_statement() {
         .exec("SELECT id FROM t ORDER BY id", &[])
         .unwrap()
         .raw()
-        .collect();
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert_eq!(
         raw,
         vec![vec![SqlValue::Integer(1)], vec![SqlValue::Integer(2)]]
     );
 
-    let one = db
+    let mut one = db
         .exec("UPDATE t SET score = 7 WHERE id = 2 RETURNING score", &[])
         .unwrap();
     assert_eq!(one.rows_written(), 1);
     assert_eq!(one.one().unwrap().values(), [SqlValue::Real(7.0)]);
 
-    let empty = db.exec("SELECT * FROM t WHERE id = 99", &[]).unwrap();
+    let mut empty = db.exec("SELECT * FROM t WHERE id = 99", &[]).unwrap();
     assert_eq!(empty.column_names().len(), 4);
     assert_eq!(empty.one().unwrap_err(), SqlError::Api(ONE_NONE));
-    let many = db.exec("SELECT * FROM t", &[]).unwrap();
+    let mut many = db.exec("SELECT * FROM t", &[]).unwrap();
     assert_eq!(many.one().unwrap_err(), SqlError::Api(ONE_MANY));
-    assert!(db.exec("SELECT * FROM t", &[]).unwrap().rows_read() >= 2);
+    // Rows are read as they are pulled (the cursor streams).
+    let mut all = db.exec("SELECT * FROM t", &[]).unwrap();
+    assert_eq!(all.rows_read(), 1);
+    assert_eq!(all.raw().count(), 2);
+    assert_eq!(all.rows_read(), 2);
 }
 
 #[test]
@@ -243,7 +248,8 @@ fn transaction_sync_commits_rolls_back_and_nests() {
         .exec("SELECT a FROM t ORDER BY a", &[])
         .unwrap()
         .raw()
-        .collect();
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert_eq!(
         vals,
         vec![vec![SqlValue::Integer(1)], vec![SqlValue::Integer(3)]]
@@ -420,7 +426,7 @@ fn cached_statements_follow_bindings_and_schema_changes() {
     let db = open(&st, 1);
     db.exec("CREATE TABLE t (a INTEGER)", &[]).unwrap();
     for i in 0..5 {
-        let c = db
+        let mut c = db
             .exec(
                 "INSERT INTO t VALUES (?) RETURNING a",
                 &[SqlValue::Integer(i)],
@@ -448,7 +454,108 @@ fn cached_statements_follow_bindings_and_schema_changes() {
     db.exec(ins, &[SqlValue::Integer(2)]).unwrap();
     assert!(db.flush().is_ok());
     // The table's rows under the KV-like scan count.
-    assert!(db.exec("SELECT * FROM u", &[]).unwrap().rows_read() >= 2);
+    // Rows are read as they are pulled (the cursor streams).
+    let mut all = db.exec("SELECT * FROM u", &[]).unwrap();
+    assert_eq!(all.rows_read(), 1);
+    assert_eq!(all.raw().count(), 2);
+    assert_eq!(all.rows_read(), 2);
     db.delete_all().unwrap();
     assert!(db.exec(q, &[]).is_err());
+}
+
+#[test]
+fn limits_as_documented_with_sqlite_texts() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = store(dir.path(), Durability::Process);
+    let db = open(&st, 1);
+    db.exec("CREATE TABLE t (v)", &[]).unwrap();
+    // 2 MB per string, BLOB and row.
+    db.exec(
+        "INSERT INTO t VALUES (?)",
+        &[SqlValue::Blob(vec![7; 1_999_000])],
+    )
+    .unwrap();
+    assert_eq!(
+        db.exec(
+            "INSERT INTO t VALUES (?)",
+            &[SqlValue::Blob(vec![7; 2_000_001])]
+        )
+        .unwrap_err()
+        .to_string(),
+        "string or blob too big: SQLITE_TOOBIG"
+    );
+    assert_eq!(
+        db.exec("SELECT zeroblob(2000001)", &[])
+            .unwrap_err()
+            .to_string(),
+        "string or blob too big: SQLITE_TOOBIG"
+    );
+    // 100 columns per table.
+    let cols = |n: usize| {
+        (0..n)
+            .map(|i| format!("c{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    db.exec(&format!("CREATE TABLE wide ({})", cols(100)), &[])
+        .unwrap();
+    assert_eq!(
+        db.exec(&format!("CREATE TABLE wider ({})", cols(101)), &[])
+            .unwrap_err()
+            .to_string(),
+        "too many columns on wider: SQLITE_ERROR"
+    );
+    // 100 KB statements.
+    let long = format!("SELECT '{}'", "x".repeat(100_000));
+    assert_eq!(
+        db.exec(&long, &[]).unwrap_err().to_string(),
+        "statement too long: SQLITE_TOOBIG"
+    );
+    // 100 bound parameters.
+    let params = |n: usize| vec!["?"; n].join(", ");
+    let hundred: Vec<SqlValue> = (0..100).map(SqlValue::Integer).collect();
+    let row = db
+        .exec(&format!("SELECT {}", params(100)), &hundred)
+        .unwrap()
+        .one()
+        .unwrap();
+    assert_eq!(row.values().len(), 100);
+    let e = db
+        .exec(&format!("SELECT {}", params(101)), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("too many SQL variables") && e.ends_with(": SQLITE_ERROR"),
+        "{e}"
+    );
+}
+
+#[test]
+fn database_size_follows_every_kind_of_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = store(dir.path(), Durability::Process);
+    let db = open(&st, 1);
+    let empty = db.database_size().unwrap();
+    db.exec("CREATE TABLE t (v)", &[]).unwrap();
+    let table = db.database_size().unwrap();
+    assert!(table > empty, "{table} > {empty}");
+    // Reads leave it (and the cached answer) alone.
+    db.exec("SELECT * FROM t", &[]).unwrap();
+    assert_eq!(db.database_size().unwrap(), table);
+    let big = SqlValue::Blob(vec![1; 100_000]);
+    // Inside a transaction it sees the uncommitted pages; a rollback takes them back.
+    let r: Result<(), SqlError> = db.transaction_sync(|| {
+        db.exec("INSERT INTO t VALUES (?)", std::slice::from_ref(&big))?;
+        assert!(db.database_size().unwrap() > table + 90_000);
+        Err(SqlError::Api("undo"))
+    });
+    assert!(r.is_err());
+    assert_eq!(db.database_size().unwrap(), table);
+    db.kv().put("k", Bytes::from(vec![2; 50_000])).unwrap();
+    let with_kv = db.database_size().unwrap();
+    assert!(with_kv > table + 40_000);
+    db.exec("DELETE FROM t; DROP TABLE t", &[]).unwrap();
+    assert!(db.database_size().unwrap() < with_kv);
+    db.delete_all().unwrap();
+    assert!(db.database_size().unwrap() <= empty + 4096);
 }

@@ -224,7 +224,10 @@ impl Pair {
         self.engine = Some(
             SqlStorage::open(
                 self.store.object(common::id(1)),
-                SqlConfig { cache_kib: 16 },
+                SqlConfig {
+                    cache_kib: 16,
+                    ..SqlConfig::default()
+                },
             )
             .unwrap(),
         );
@@ -242,7 +245,7 @@ impl Pair {
                         if let Some((sql, b)) = sql_of(o) {
                             let got = engine
                                 .exec(&sql, &b)
-                                .map(|c| c.raw().collect())
+                                .and_then(|mut c| c.raw().collect::<Result<Vec<_>, _>>())
                                 .map_err(|_| ());
                             let want = reference_run(&self.reference, &sql, &b);
                             assert_eq!(got, want, "in transaction: {sql}");
@@ -270,7 +273,7 @@ impl Pair {
                 let got = self
                     .engine()
                     .exec(&sql, &b)
-                    .map(|c| c.raw().collect())
+                    .and_then(|mut c| c.raw().collect::<Result<Vec<_>, _>>())
                     .map_err(|_| ());
                 let want = reference_run(&self.reference, &sql, &b);
                 prop_assert_eq!(got, want, "{}", sql);
@@ -287,7 +290,7 @@ proptest! {
     fn engine_matches_plain_sqlite(ops in prop::collection::vec(op(), 1..40)) {
         let dir = tempfile::tempdir().unwrap();
         let store = common::store(dir.path(), Durability::Process);
-        let engine = SqlStorage::open(store.object(common::id(1)), SqlConfig { cache_kib: 16 }).unwrap();
+        let engine = SqlStorage::open(store.object(common::id(1)), SqlConfig { cache_kib: 16, ..SqlConfig::default() }).unwrap();
         let reference = rusqlite::Connection::open_in_memory().unwrap();
         reference.execute_batch("PRAGMA foreign_keys = ON").unwrap();
         let mut pair = Pair { store, engine: Some(engine), reference };

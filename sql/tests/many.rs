@@ -3,7 +3,7 @@
 
 mod common;
 
-use cinder_sql::{memory_used, SqlStorage, SqlValue};
+use cinder_sql::{memory_used, set_memory_budget, SqlStorage, SqlValue, DEFAULT_MEMORY_BUDGET};
 use cinder_storage::Durability;
 
 const OBJECTS: u64 = 10_000;
@@ -20,6 +20,8 @@ fn rss_bytes() -> u64 {
 
 #[test]
 fn ten_thousand_databases_use_no_descriptors() {
+    // Before the first database: turns on SQLite's memory accounting, so the heap is printed.
+    set_memory_budget(DEFAULT_MEMORY_BUDGET);
     let dir = tempfile::tempdir().unwrap();
     let store = common::store(dir.path(), Durability::Process);
     // Warm up: the first database and a flush open whatever fjall keeps open.

@@ -27,7 +27,7 @@
   const cryptoMod = L("ext:deno_crypto/00_crypto.js");
 
   const {
-    op_cinder_next_event,
+    op_cinder_take_event,
     op_cinder_respond,
     op_cinder_respond_error,
     op_cinder_event_done,
@@ -68,40 +68,6 @@
   }
   const navigator = new Navigator();
 
-  // Plain (non-hibernatable) WebSockets are not served yet; the type exists because frameworks
-  // detect the Workers runtime by it.
-  class WebSocket extends event.EventTarget {
-    static READY_STATE_CONNECTING = 0;
-    static READY_STATE_OPEN = 1;
-    static READY_STATE_CLOSING = 2;
-    static READY_STATE_CLOSED = 3;
-    #peer = null;
-    #accepted = false;
-    readyState = 1;
-    accept() {
-      this.#accepted = true;
-    }
-    send(_data) {
-      throw new TypeError("WebSocket.send: WebSockets are not supported by cinder yet");
-    }
-    close(_code, _reason) {
-      this.readyState = 3;
-    }
-    static _pair(a, b) {
-      a.#peer = b;
-      b.#peer = a;
-    }
-  }
-  class WebSocketPair {
-    constructor() {
-      const a = new WebSocket();
-      const b = new WebSocket();
-      WebSocket._pair(a, b);
-      this[0] = a;
-      this[1] = b;
-    }
-  }
-
   class ScheduledController {
     constructor(scheduledTime, cron) {
       this.scheduledTime = scheduledTime;
@@ -136,16 +102,44 @@
   // comes from the async context the timer was set in; inside its own critical section the
   // callback belongs to the section and runs at once.
   const internals = { __proto__: null };
+  // Tells the runtime which event's code resumes (after an await of its I/O, or a timer): the
+  // CPU of the turn is charged to it, not split among every event in flight.
+  function touch() {
+    const eid = core.getAsyncContext()?.eid;
+    if (eid) core.ops.op_cinder_touch(eid);
+  }
   // deno_core's queueMicrotask (reports a throwing callback instead of losing it).
   const queueMicrotask = globalThis.queueMicrotask;
   function gateCallback(cb) {
     const ctx = core.getAsyncContext();
-    if (typeof cb !== "function" || !ctx?.obj || ctx.cs) return cb;
+    if (typeof cb !== "function") return cb;
+    if (!ctx?.obj || ctx.cs) {
+      return function timed(...args) {
+        touch();
+        return cb.apply(this, args);
+      };
+    }
     const h = ctx.obj;
     return function gated(...args) {
+      touch();
       if (internals.inputOpen(h)) return cb.apply(this, args);
       internals.inputWait(h).then(() => cb.apply(this, args), () => {});
     };
+  }
+
+  // A Durable Object with a pending timer does not hibernate: the runtime is told how many
+  // each object has.
+  const objectTimers = new Map(); // timer id -> object handle
+  function timerStarted(id, obj) {
+    if (!obj) return;
+    objectTimers.set(id, obj);
+    core.ops.op_do_timers(obj, 1);
+  }
+  function timerDone(id) {
+    const obj = objectTimers.get(id);
+    if (obj === undefined) return;
+    objectTimers.delete(id);
+    core.ops.op_do_timers(obj, -1);
   }
 
   const def = (value) => ({ value, writable: true, enumerable: false, configurable: true });
@@ -167,18 +161,39 @@
     PromiseRejectionEvent: def(event.PromiseRejectionEvent),
     reportError: def(event.reportError),
     setTimeout: def(function setTimeout(cb, ms, ...args) {
-      return timers.setTimeout.call(globalThis, gateCallback(cb), ms, ...args);
+      const obj = core.getAsyncContext()?.obj ?? 0;
+      let id = 0;
+      let fn = gateCallback(cb);
+      if (obj && typeof fn === "function") {
+        const gated = fn;
+        fn = function (...a) {
+          timerDone(id);
+          return gated.apply(this, a);
+        };
+      }
+      id = timers.setTimeout.call(globalThis, fn, ms, ...args);
+      timerStarted(id, obj);
+      return id;
     }),
     setInterval: def(function setInterval(cb, ms, ...args) {
-      return timers.setInterval.call(globalThis, gateCallback(cb), ms, ...args);
+      const obj = core.getAsyncContext()?.obj ?? 0;
+      const id = timers.setInterval.call(globalThis, gateCallback(cb), ms, ...args);
+      timerStarted(id, obj);
+      return id;
     }),
-    clearTimeout: def(timers.clearTimeout),
-    clearInterval: def(timers.clearInterval),
+    clearTimeout: def(function clearTimeout(id) {
+      timerDone(id);
+      return timers.clearTimeout.call(globalThis, id);
+    }),
+    clearInterval: def(function clearInterval(id) {
+      timerDone(id);
+      return timers.clearInterval.call(globalThis, id);
+    }),
     queueMicrotask: def(queueMicrotask),
     // Cloudflare's `scheduler.wait(ms)`: an awaitable setTimeout.
     scheduler: def(
       Object.freeze({
-        wait: (ms) => new Promise((resolve) => timers.setTimeout.call(globalThis, resolve, ms)),
+        wait: (ms) => new Promise((resolve) => globalThis.setTimeout(resolve, ms)),
       }),
     ),
     AbortController: def(abort.AbortController),
@@ -223,8 +238,6 @@
     SubtleCrypto: def(cryptoMod.SubtleCrypto),
     navigator: def(navigator),
     Navigator: def(Navigator),
-    WebSocket: def(WebSocket),
-    WebSocketPair: def(WebSocketPair),
     ScheduledController: def(ScheduledController),
   });
   event.saveGlobalThisReference(globalThis);
@@ -235,6 +248,7 @@
       type: "bytes",
       async pull(controller) {
         const chunk = await op_cinder_body_read(bodyId);
+        touch();
         if (chunk === null) {
           controller.close();
           controller.byobRequest?.respond(0);
@@ -262,7 +276,9 @@
         } else if (!(chunk instanceof Uint8Array)) {
           chunk = new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
         }
-        if (!(await op_cinder_sink_write(sink, chunk))) {
+        const written = await op_cinder_sink_write(sink, chunk);
+        touch();
+        if (!written) {
           await reader.cancel("the receiver went away");
           break;
         }
@@ -306,6 +322,13 @@
     const signal = request.signal;
     signal?.throwIfAborted?.();
     const { toInnerRequest } = requestMod;
+    {
+      const inner = toInnerRequest(request);
+      const upgrade = inner.headerList.find(([k]) => k.toLowerCase() === "upgrade")?.[1];
+      if (target === "" && upgrade?.toLowerCase() === "websocket") {
+        return internals.ws.connectForFetch(inner.url(), headerPairs(inner.headerList));
+      }
+    }
     for (let hop = 0; ; hop++) {
       const inner = toInnerRequest(request);
       const [kind, bytes, sink] = bodyForRust(inner);
@@ -319,10 +342,12 @@
         actx?.obj ?? 0,
         !!actx?.cs,
       );
+      touch();
       const nullBody = res.status === 101 || res.status === 204 || res.status === 205 ||
         res.status === 304 || inner.method === "HEAD";
       const body = res.body === null || nullBody ? null : streamFromBody(res.body);
       if (nullBody && res.body !== null) op_cinder_body_close(res.body);
+      if (res.webSocket) return internals.ws.webSocketResponse(res, body);
       const response = new Response(body, {
         status: res.status,
         statusText: res.statusText,
@@ -401,14 +426,29 @@
     passThroughOnException() {}
   }
 
+  // `ctx.waitUntil` work may run this long after its event, as on Cloudflare.
+  const WAIT_UNTIL_LIMIT_MS = 15 * 60 * 1000;
+
   async function settleAll(promises) {
-    for (let i = 0; i < promises.length; i++) {
-      try {
-        await promises[i];
-      } catch (e) {
-        console.error("Uncaught (in waitUntil):", e);
+    if (promises.length === 0) return;
+    let timer;
+    const expired = new Promise((resolve) => {
+      timer = timers.setTimeout.call(globalThis, () => resolve(true), WAIT_UNTIL_LIMIT_MS);
+    });
+    const all = (async () => {
+      for (let i = 0; i < promises.length; i++) {
+        try {
+          await promises[i];
+        } catch (e) {
+          console.error("Uncaught (in waitUntil):", e);
+        }
       }
+      return false;
+    })();
+    if (await Promise.race([all, expired])) {
+      console.warn("waitUntil work was cancelled: it ran longer than 15 minutes after its event");
     }
+    timers.clearTimeout.call(globalThis, timer);
   }
 
   function errorText(e) {
@@ -422,6 +462,7 @@
 
   async function onFetch(ev, handler, env) {
     const waits = [];
+    eventWaits.set(ev.id, waits);
     const ctx = new ExecutionContext(waits);
     let answered = false;
     try {
@@ -444,18 +485,28 @@
       const inner = toInnerResponse(response);
       const [kind, bytes, sink] = bodyForRust(inner);
       answered = true;
-      op_cinder_respond(ev.id, inner.status, headerPairs(inner.headerList), kind, bytes, sink);
+      op_cinder_respond(
+        ev.id,
+        inner.status,
+        headerPairs(inner.headerList),
+        kind,
+        bytes,
+        sink,
+        internals.ws?.responseSocket(response) ?? 0,
+      );
     } catch (e) {
       console.error("Uncaught", e);
       if (!answered) op_cinder_respond_error(ev.id, errorText(e));
     }
     await settleAll(waits);
+    eventWaits.delete(ev.id);
     internals.rpc?.endEvent(ev.id);
     op_cinder_event_done(ev.id, "");
   }
 
   async function onScheduled(ev, handler, env) {
     const waits = [];
+    eventWaits.set(ev.id, waits);
     const ctx = new ExecutionContext(waits);
     let error = "";
     try {
@@ -468,6 +519,7 @@
       error = errorText(e);
     }
     await settleAll(waits);
+    eventWaits.delete(ev.id);
     internals.rpc?.endEvent(ev.id);
     op_cinder_event_done(ev.id, error);
   }
@@ -493,6 +545,23 @@
     return d;
   }
 
+  // Called once per isolate before the worker's modules load: `env` of `cloudflare:workers`.
+  let preparedEnv = null;
+  function prepare(specJson) {
+    preparedEnv = buildEnv(JSON.parse(specJson));
+    cf.env = preparedEnv;
+  }
+
+  // Events' `waitUntil` lists, for `import { waitUntil } from "cloudflare:workers"`.
+  const eventWaits = new Map();
+  function waitUntil(promise) {
+    const actx = core.getAsyncContext();
+    if (actx?.obj) return internals.durable.waitUntil(actx.obj, promise);
+    const waits = eventWaits.get(actx?.eid);
+    if (!waits) throw new Error("waitUntil() was called outside of a request");
+    waits.push(Promise.resolve(promise));
+  }
+
   // Called once per isolate with the worker's evaluated main module: builds `env`, checks the
   // Durable Object classes, starts taking stateless events, and returns the entry through
   // which the Rust side delivers Durable Object events.
@@ -513,20 +582,25 @@
         );
       }
     }
-    const env = buildEnv(spec);
+    const env = preparedEnv ?? buildEnv(spec);
     internals.durable.bind(mod, env, spec);
     const handler = handlerFor(mod, env);
-    (async () => {
-      while (true) {
-        const ev = await op_cinder_next_event();
-        if (ev === null) return;
-        core.setAsyncContext({ rid: ev.requestId, eid: ev.id, obj: 0, cs: 0 });
+    // Events arrive by synchronous calls from the Rust side (kind 2: a stateless event; the
+    // others are Durable Object events): each handler runs until its first real await before
+    // the call returns.
+    return (kind, id) => {
+      if (kind !== 2) return internals.durable.entry(kind, id);
+      const ev = op_cinder_take_event(id);
+      if (ev === null) return undefined;
+      core.setAsyncContext({ rid: ev.requestId, eid: ev.id, obj: 0, cs: 0 });
+      try {
         if (ev.kind === "fetch") onFetch(ev, handler, env);
         else onScheduled(ev, handler, env);
+      } finally {
         core.setAsyncContext(undefined);
       }
-    })();
-    return (kind, id) => internals.durable.entry(kind, id);
+      return undefined;
+    };
   }
 
   // Warm-up: V8 compiles functions on first call and the snapshot keeps compiled code, so
@@ -578,6 +652,8 @@
     headerPairs,
     console,
     executionContext: (waits) => new ExecutionContext(waits),
+    events: event,
+    touch,
     settleAll,
     DurableObject,
     WorkerEntrypoint,
@@ -590,9 +666,10 @@
     configurable: true,
   });
 
-  const cf = { DurableObject, WorkerEntrypoint, RpcTarget, WorkflowEntrypoint };
+  const cf = { DurableObject, WorkerEntrypoint, RpcTarget, WorkflowEntrypoint, env: {}, waitUntil };
   const moduleData = (specifier) => op_cinder_module_data(specifier).buffer;
   Object.defineProperty(globalThis, Symbol.for("cinder.start"), { value: start });
+  Object.defineProperty(globalThis, Symbol.for("cinder.prepare"), { value: prepare });
   Object.defineProperty(globalThis, Symbol.for("cinder.cf"), { value: cf });
   Object.defineProperty(globalThis, Symbol.for("cinder.moduleData"), { value: moduleData });
 })(globalThis);

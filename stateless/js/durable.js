@@ -204,11 +204,13 @@
       bytes,
       sink,
     );
+    I.touch();
     if (out.error) throw callError(out.error);
     const res = out.response;
     const nullBody = res.status === 101 || res.status === 204 || res.status === 205 ||
       res.status === 304 || inner.method === "HEAD";
     const body = res.body === null || nullBody ? null : I.streamFromBody(res.body);
+    if (res.webSocket) return I.ws.webSocketResponse(res, body);
     return new Response(body, {
       status: res.status,
       statusText: res.statusText,
@@ -237,7 +239,10 @@
     }
     #cmd(cmd) {
       if (this.#done) throw new Error("This transaction has already ended.");
-      return op_do_txn(this.#token, cmd);
+      return op_do_txn(this.#token, cmd).then((r) => {
+        I.touch();
+        return r;
+      });
     }
     async get(keyOrKeys, _opts) {
       const many = Array.isArray(keyOrKeys);
@@ -335,6 +340,7 @@
         !!opts?.allowConcurrency,
         !!opts?.noCache,
       );
+      I.touch();
       if (many) return entriesToMap(entries);
       return entries.length ? deserialize(entries[0][1], true) : undefined;
     }
@@ -365,7 +371,9 @@
       if (o.start !== undefined && o.startAfter !== undefined) {
         throw new TypeError("list() cannot be called with both start and startAfter values.");
       }
-      return entriesToMap(await op_do_storage_list(this.#h, o));
+      const entries = await op_do_storage_list(this.#h, o);
+      I.touch();
+      return entriesToMap(entries);
     }
     deleteAll(opts) {
       try {
@@ -376,7 +384,9 @@
       return Promise.resolve();
     }
     async getAlarm(opts) {
-      return (await op_do_storage_get_alarm(this.#h, !!opts?.allowConcurrency)) ?? null;
+      const at = await op_do_storage_get_alarm(this.#h, !!opts?.allowConcurrency);
+      I.touch();
+      return at ?? null;
     }
     setAlarm(time, opts) {
       try {
@@ -395,7 +405,7 @@
       return Promise.resolve();
     }
     sync() {
-      return op_do_storage_sync(this.#h, inCriticalSection());
+      return op_do_storage_sync(this.#h, inCriticalSection()).then(() => I.touch());
     }
     async transaction(closure) {
       const token = op_do_txn_begin(this.#h);
@@ -424,6 +434,9 @@
   }
 
   class DurableObjectState {
+    static handleOf(state) {
+      return state.#h;
+    }
     #h;
     #id;
     #storage;
@@ -475,12 +488,6 @@
     abort(reason) {
       op_do_abort(this.#h, reason === undefined ? "" : String(reason?.message ?? reason));
     }
-    acceptWebSocket(_ws, _tags) {
-      throw new Error("WebSocket hibernation is not supported by cinder yet");
-    }
-    getWebSockets(_tag) {
-      return [];
-    }
   }
 
   // ---------------------------------------------------------------------------------------
@@ -493,7 +500,11 @@
 
   function entry(kind, eid) {
     const dead = op_do_take_dead();
-    for (const h of dead) objects.delete(h);
+    for (const h of dead) {
+      objects.delete(h);
+      I.ws.forget(h);
+    }
+    if (kind === 3) return I.ws.entry(eid);
     if (kind !== 1) return undefined;
     const ev = op_do_take(eid);
     const ctx = { rid: ev.requestId, eid, obj: ev.handle, cs: 0 };
@@ -516,6 +527,7 @@
       if (ev.kind === "fetch") objectFetch(eid, ev, o);
       else if (ev.kind === "rpc") objectRpc(eid, ev, o);
       else if (ev.kind === "alarm") objectAlarm(eid, ev, o);
+      else if (ev.kind === "ws") objectWs(eid, ev, o);
     });
     return undefined;
   }
@@ -588,7 +600,15 @@
       }
       const inner = I.toInnerResponse(response);
       const [kind, bytes, sink] = I.bodyForRust(inner);
-      op_cinder_respond(eid, inner.status, I.headerPairs(inner.headerList), kind, bytes, sink);
+      op_cinder_respond(
+        eid,
+        inner.status,
+        I.headerPairs(inner.headerList),
+        kind,
+        bytes,
+        sink,
+        I.ws.responseSocket(response),
+      );
     } catch (e) {
       console.error("Uncaught", e);
       const info = errorInfo(e);
@@ -618,6 +638,18 @@
     eventDone(eid);
   }
 
+  async function objectWs(eid, ev, o) {
+    try {
+      await I.ws.objectWsEvent(o.instance, ev.handle, ev.ws);
+      op_do_return(eid, 1, new Uint8Array(0));
+    } catch (e) {
+      console.error("Uncaught (in WebSocket handler)", e);
+      const info = errorInfo(e);
+      op_do_throw(eid, info.name, info.message);
+    }
+    eventDone(eid);
+  }
+
   async function objectAlarm(eid, ev, o) {
     try {
       if (typeof o.instance.alarm === "function") {
@@ -636,7 +668,19 @@
     eventDone(eid);
   }
 
+  I.DurableObjectState = DurableObjectState;
   I.durable = {
+    handleOf: (state) => DurableObjectState.handleOf(state),
+    waitUntil(h, promise) {
+      const o = objects.get(h);
+      if (!o) throw new Error("waitUntil() was called outside of a request");
+      o.state.waitUntil(promise);
+    },
+    // A hibernatable socket's event that arrived before ctx.acceptWebSocket() took it.
+    deliverWs(h, ev) {
+      const o = objects.get(h);
+      if (o) I.ws.objectWsEvent(o.instance, h, ev).catch((e) => console.error("Uncaught", e));
+    },
     addBindings(env, spec) {
       for (const [binding] of spec.durableObjects ?? []) {
         env[binding] = new DurableObjectNamespace(ID_TOKEN, binding, "");

@@ -243,6 +243,8 @@
       out = await t.send(message, actx?.obj ?? 0, !!actx?.cs);
     } catch (e) {
       return rejectAll(batch, e);
+    } finally {
+      I.touch();
     }
     if (out.error) return rejectAll(batch, callError(out.error));
     let reply;

@@ -2,7 +2,7 @@
 //! (`pthread_getcpuclockid`) and terminates the isolate running on it once the running
 //! event's budget is spent. Time spent awaiting I/O costs no CPU, so it is never charged.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -40,11 +40,24 @@ pub(crate) struct Slot {
     clock: libc::clockid_t,
     armed: Mutex<Option<Armed>>,
     fired: AtomicBool,
+    /// When the JS turn running now started (ms on the process clock, +1), 0 when none runs:
+    /// the host steers new stateless events away from a thread in the middle of a turn.
+    busy_since: Arc<AtomicU64>,
+}
+
+/// Milliseconds since the process started, +1 (0 means "not busy").
+pub(crate) fn busy_clock() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
 }
 
 impl Slot {
     /// Registers the calling thread with the watchdog.
-    pub fn for_current_thread() -> Arc<Slot> {
+    pub fn for_current_thread(busy_since: Arc<AtomicU64>) -> Arc<Slot> {
         let mut clock: libc::clockid_t = libc::CLOCK_THREAD_CPUTIME_ID;
         // SAFETY: pthread_self() is the calling thread; `clock` is a valid out-pointer.
         let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
@@ -55,6 +68,7 @@ impl Slot {
             clock,
             armed: Mutex::new(None),
             fired: AtomicBool::new(false),
+            busy_since,
         });
         if rc == 0 {
             watchdog().register(&slot);
@@ -67,6 +81,7 @@ impl Slot {
     pub fn arm(&self, handle: v8::IsolateHandle, budget: Duration) {
         let deadline = thread_cpu_now().saturating_add(budget);
         self.fired.store(false, Ordering::SeqCst);
+        self.busy_since.store(busy_clock(), Ordering::Relaxed);
         if let Ok(mut a) = self.armed.lock() {
             *a = Some(Armed { handle, deadline });
         }
@@ -77,6 +92,7 @@ impl Slot {
         if let Ok(mut a) = self.armed.lock() {
             *a = None;
         }
+        self.busy_since.store(0, Ordering::Relaxed);
         self.fired.swap(false, Ordering::SeqCst)
     }
 

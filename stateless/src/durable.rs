@@ -15,7 +15,8 @@ use std::rc::{Rc, Weak};
 
 use bytes::Bytes;
 use cinder_core::{
-    Actor, ActorContext, ActorError, ActorFactory, AlarmInfo, Payload, Request, Response,
+    Actor, ActorContext, ActorError, ActorFactory, AlarmInfo, IdlePolicy, Payload, Request,
+    Response,
 };
 use futures::future::LocalBoxFuture;
 use http_body_util::BodyExt;
@@ -24,7 +25,9 @@ use crate::isolate::Isolate;
 use crate::Body;
 
 /// What a stub sends to a JS Durable Object. Crosses threads (and, later, nodes): everything
-/// in it is plain data or a streaming body.
+/// in it is plain data or a streaming body. Moved, never copied, through channels: the size of
+/// the fetch variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum DoCall {
     Fetch {
         request_id: String,
@@ -34,6 +37,11 @@ pub enum DoCall {
         request_id: String,
         /// V8-serialized call tree (see the RPC code in the bootstrap).
         message: Bytes,
+    },
+    /// Something happened on one of the object's hibernatable WebSockets.
+    WebSocket {
+        socket: u64,
+        event: crate::websocket::Incoming,
     },
 }
 
@@ -77,6 +85,10 @@ pub(crate) struct ObjectEntry {
     pub ctx: ActorContext,
     pub sqlite: bool,
     pub sql: std::cell::RefCell<Option<Rc<cinder_sql::SqlStorage>>>,
+    /// Plain (`ws.accept()`) sockets open in this instance: they keep it in memory.
+    pub plain_sockets: std::cell::Cell<u32>,
+    /// Timers pending in this instance: they keep it from hibernating.
+    pub timers: std::cell::Cell<u32>,
 }
 
 impl ObjectEntry {
@@ -115,6 +127,7 @@ impl ActorFactory for JsClassFactory {
     fn create(&self, ctx: ActorContext) -> Result<Box<dyn Actor>, ActorError> {
         let iso = crate::thread::isolate_for(&self.worker).map_err(ActorError::new)?;
         let handle = iso.state.next_id();
+        let id_for_actor = ctx.id().clone();
         let id = ctx.id();
         let event = DoEvent::Construct {
             handle,
@@ -128,6 +141,8 @@ impl ActorFactory for JsClassFactory {
                 ctx,
                 sqlite: self.sqlite,
                 sql: Default::default(),
+                plain_sockets: Default::default(),
+                timers: Default::default(),
             }),
         );
         if let Err(e) = iso.enter_object(event, None) {
@@ -138,6 +153,8 @@ impl ActorFactory for JsClassFactory {
         Ok(Box::new(JsActor {
             iso: Rc::downgrade(&iso),
             handle,
+            id: id_for_actor,
+            evicted: Default::default(),
         }))
     }
 }
@@ -146,6 +163,9 @@ impl ActorFactory for JsClassFactory {
 pub(crate) struct JsActor {
     iso: Weak<Isolate>,
     handle: u32,
+    id: cinder_core::ObjectId,
+    /// Set by `on_evict`: dropped because idle (its hibernatable sockets stay open), not reset.
+    evicted: std::cell::Cell<bool>,
 }
 
 impl JsActor {
@@ -164,11 +184,23 @@ fn isolate_gone() -> ActorError {
 
 impl Drop for JsActor {
     fn drop(&mut self) {
-        if let Some(iso) = self.iso.upgrade() {
-            // The JS instance is forgotten on the next call into the isolate; this may run from
-            // inside an op (a reset), where JS cannot be entered.
-            iso.state.objects.borrow_mut().remove(&self.handle);
-            iso.state.dead_objects.borrow_mut().push(self.handle);
+        let Some(iso) = self.iso.upgrade() else {
+            return;
+        };
+        // The JS instance is forgotten on the next call into the isolate; this may run from
+        // inside an op (a reset), where JS cannot be entered.
+        iso.state.objects.borrow_mut().remove(&self.handle);
+        iso.state.dead_objects.borrow_mut().push(self.handle);
+        if !self.evicted.get() {
+            // A reset (not hibernation): the object's WebSockets close with it, as on
+            // Cloudflare.
+            if let Some(host) = iso.state.worker.host() {
+                host.sockets.close_object(
+                    &self.id,
+                    1011,
+                    "Durable Object connection closed because the object was reset.",
+                );
+            }
         }
     }
 }
@@ -216,6 +248,27 @@ impl Actor for JsActor {
                 .await?;
             Ok(Box::new(reply) as Payload)
         })
+    }
+
+    fn idle_policy(&self) -> IdlePolicy {
+        let Some(iso) = self.iso.upgrade() else {
+            return IdlePolicy::Default;
+        };
+        if let Some(obj) = iso.state.object(self.handle) {
+            if obj.plain_sockets.get() > 0 || obj.timers.get() > 0 {
+                return IdlePolicy::Never;
+            }
+        }
+        match iso.state.worker.host() {
+            Some(host) if host.sockets.object_has_sockets(&self.id) => {
+                IdlePolicy::After(host.hibernate_after)
+            }
+            _ => IdlePolicy::Default,
+        }
+    }
+
+    fn on_evict(&self) {
+        self.evicted.set(true);
     }
 
     fn alarm(&self, info: AlarmInfo) -> LocalBoxFuture<'_, Result<(), ActorError>> {

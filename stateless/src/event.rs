@@ -46,9 +46,34 @@ pub(crate) fn stop_response(stop: Stop, charged: bool) -> http::Response<Body> {
     match (stop, charged) {
         (Stop::CpuLimit, true) => error_response(503, "Worker exceeded CPU time limit."),
         (Stop::MemoryLimit, true) => error_response(503, "Worker exceeded memory limit."),
-        _ => error_response(
+        (Stop::CpuLimit, false) => error_response(
             503,
-            "Worker was reset while serving this request (another request exceeded a limit).",
+            "Worker was reset while serving this request: another request in the same isolate exceeded the CPU time limit.",
         ),
+        (Stop::MemoryLimit, false) => error_response(
+            503,
+            "Worker was reset while serving this request: another request in the same isolate exceeded the memory limit.",
+        ),
+        (Stop::Crashed, _) => error_response(
+            503,
+            "Worker was reset while serving this request: its isolate stopped after an internal error (see the server log).",
+        ),
+    }
+}
+
+/// Why no isolate could take an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unavailable {
+    ShuttingDown,
+    NotOnThisNode,
+}
+
+/// The answer to an event no isolate will run.
+pub(crate) fn unavailable_response(why: Unavailable, worker: &str) -> http::Response<Body> {
+    match why {
+        Unavailable::ShuttingDown => error_response(503, "The server is shutting down."),
+        Unavailable::NotOnThisNode => {
+            error_response(404, &format!("No worker named {worker:?} is running."))
+        }
     }
 }

@@ -37,6 +37,15 @@ pub(crate) struct HostInner {
     _ephemeral: Option<tempfile::TempDir>,
     /// JS values lent out by reference over RPC, by id: where their isolate lives.
     pub(crate) exports: std::sync::Mutex<HashMap<String, ExportHome>>,
+    /// Every WebSocket of the node.
+    pub(crate) sockets: crate::websocket::Sockets,
+    /// See [`HostConfig::hibernate_after`].
+    pub(crate) hibernate_after: Duration,
+    /// Per executor thread, when its current JS turn started (0: none running).
+    busy: Arc<Vec<Arc<AtomicU64>>>,
+    /// The runtime that started the host (the gateway's network runtime), for network work
+    /// the executors start (outgoing WebSockets).
+    pub(crate) net: Option<tokio::runtime::Handle>,
     /// This node's R2 buckets, when a worker binds one or [`HostConfig::enable_r2`].
     pub(crate) r2: Option<R2Service>,
 }
@@ -288,10 +297,17 @@ impl Host {
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
         let start_workers = workers.clone();
+        let busy: Arc<Vec<Arc<AtomicU64>>> =
+            Arc::new((0..threads).map(|_| Arc::new(AtomicU64::new(0))).collect());
+        let thread_busy = busy.clone();
         let rt_cfg = RuntimeConfig {
             threads,
-            on_thread_start: Some(Arc::new(move |_index| {
-                thread::start(start_workers.clone(), ready_tx.clone())
+            on_thread_start: Some(Arc::new(move |index| {
+                thread::start(
+                    start_workers.clone(),
+                    ready_tx.clone(),
+                    thread_busy[index % thread_busy.len()].clone(),
+                )
             })),
             on_thread_stop: Some(Arc::new(|_index| thread::stop())),
             ..RuntimeConfig::default()
@@ -355,6 +371,10 @@ impl Host {
                 << 16,
             _ephemeral: ephemeral,
             exports: Default::default(),
+            sockets: Default::default(),
+            hibernate_after: cfg.hibernate_after,
+            busy,
+            net: tokio::runtime::Handle::try_current().ok(),
             r2,
         });
         let _ = host_cell.set(Arc::downgrade(&inner));
@@ -426,6 +446,24 @@ impl Host {
         Ok(out)
     }
 
+    /// The network side of a socket a worker answered a `101` with ([`crate::WsHandoff`]):
+    /// the gateway drives it with [`crate::websocket_pump`]. `None` if the socket is gone or
+    /// already connected.
+    pub fn socket_link(&self, id: u64) -> Option<crate::websocket::SocketLink> {
+        let socket = self.inner.sockets.get(id)?;
+        let outgoing = socket.state.lock().ok()?.out_rx.take()?;
+        Some(crate::websocket::SocketLink {
+            socket,
+            host: Arc::downgrade(&self.inner),
+            outgoing,
+        })
+    }
+
+    /// Open WebSockets on this node.
+    pub fn open_sockets(&self) -> usize {
+        self.inner.sockets.count()
+    }
+
     /// Stops taking events, lets in-flight ones finish (bounded), and ends the threads.
     pub async fn shutdown(&self) {
         let rt = self.inner.runtime.clone();
@@ -434,6 +472,22 @@ impl Host {
 }
 
 impl HostInner {
+    /// Round robin, skipping threads in the middle of a JS turn when one is free: an event
+    /// could not start there before the turn ends, and a runaway loop then stalls only its
+    /// own thread's isolate.
+    fn pick_thread(&self) -> usize {
+        let n = self.threads.max(1);
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| {
+                self.busy
+                    .get(i)
+                    .is_none_or(|b| b.load(Ordering::Relaxed) == 0)
+            })
+            .unwrap_or(start % n)
+    }
+
     fn request_id(&self) -> String {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
         format!("{:016x}", self.request_base.wrapping_add(n))
@@ -443,7 +497,7 @@ impl HostInner {
     /// runtime is shut down, so the caller can answer it.
     #[allow(clippy::result_large_err)]
     fn send(&self, worker: &str, event: Event) -> Result<(), Event> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.max(1);
+        let i = self.pick_thread();
         let slot = Arc::new(std::sync::Mutex::new(Some(event)));
         let taken = slot.clone();
         let worker = worker.to_string();

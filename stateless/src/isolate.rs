@@ -12,7 +12,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions};
-use tokio::sync::{mpsc, Mutex};
 
 use cinder_core::ActorError;
 
@@ -218,13 +217,18 @@ pub(crate) struct Isolate {
 
 /// `entry` kinds (the bootstrap's `cinder.entry`).
 const ENTRY_OBJECT_EVENT: i32 = 1;
+const ENTRY_STATELESS_EVENT: i32 = 2;
+const ENTRY_WS_EVENT: i32 = 3;
+
+/// What an event gets when its isolate has nothing left that could ever answer it (workerd's
+/// text).
+const NEVER_RESPONDS: &str = "The script will never generate a response.";
 
 impl Isolate {
     /// Builds an isolate from the snapshot and evaluates the worker's main module. The load
     /// runs under the CPU limit too, so a top-level infinite loop is a load error.
     pub async fn create(
         w: &WorkerShared,
-        events: Rc<Mutex<mpsc::UnboundedReceiver<Event>>>,
         slot: &Arc<Slot>,
         spare: &Spare,
     ) -> Result<Rc<Isolate>, LoadError> {
@@ -245,7 +249,7 @@ impl Isolate {
             rules: w.rules.clone(),
             data: w.ctx.module_data.clone(),
         }));
-        let state = Rc::new(IsolateState::new(w.ctx.clone(), events));
+        let state = Rc::new(IsolateState::new(w.ctx.clone()));
         runtime.rt.op_state().borrow_mut().put(state.clone());
 
         slot.arm(runtime.handle.clone(), w.cpu_limit);
@@ -292,6 +296,14 @@ impl Isolate {
              delete globalThis[Symbol.for('cinder.internals')];",
         )
         .map_err(|e| load_error(w, &e))?;
+        // `env` exists before the main module runs: `import { env } from "cloudflare:workers"`
+        // is usable at its top level.
+        let spec = serde_json::to_string(&w.env_json).map_err(|e| load_error(w, &e))?;
+        rt.execute_script(
+            "ext:cinder/prepare.js",
+            format!("globalThis[Symbol.for(\"cinder.prepare\")]({spec});"),
+        )
+        .map_err(|e| load_error(w, &e))?;
         let id = rt
             .load_main_es_module(&w.main_url)
             .await
@@ -316,7 +328,65 @@ impl Isolate {
         })
     }
 
-    /// Serves events until the event channel closes (`Ok`) or the isolate must be dropped.
+    /// Runs a stateless event's handler synchronously until its first real await; it stays
+    /// in flight until JS answers it.
+    pub fn enter_event(&self, event: Event) {
+        let id = crate::ops::admit(&self.state, event);
+        if let Err(e) = self.call_entry(ENTRY_STATELESS_EVENT, id) {
+            tracing::debug!(worker = %self.state.worker.spec.name, "event not run: {e}");
+        }
+    }
+
+    /// Dispatches a WebSocket event to the JS socket accepted in this isolate (for an object's
+    /// plain socket, the JS side waits for the object's input gate).
+    pub fn enter_ws_event(&self, socket: u64, object: u32, event: crate::websocket::Incoming) {
+        let eid = self.state.next_id();
+        self.state
+            .pending_ws
+            .borrow_mut()
+            .insert(eid, crate::ops_ws::js_ws_event(socket, object, event));
+        if let Err(e) = self.call_entry(ENTRY_WS_EVENT, eid) {
+            tracing::debug!(worker = %self.state.worker.spec.name, "WebSocket event not run: {e}");
+        }
+        self.state.pending_ws.borrow_mut().remove(&eid);
+    }
+
+    /// The event loop has nothing left to run: no op, timer or promise job is pending, so no
+    /// unanswered event can ever be answered. Each gets workerd's "will never generate a
+    /// response"; events that answered but whose `waitUntil` work is stuck simply end.
+    fn settle_stuck_events(&self) {
+        let stuck: Vec<_> = self.state.inflight.borrow_mut().drain().collect();
+        for (_, f) in stuck {
+            let answered = match f.reply {
+                Reply::Fetch(Some(s)) => {
+                    let _ = s.send(crate::event::error_response(500, NEVER_RESPONDS));
+                    false
+                }
+                Reply::Scheduled(Some(s)) => {
+                    let _ = s.send(Err(crate::HostError::Exception {
+                        worker: self.state.worker.spec.name.clone(),
+                        message: NEVER_RESPONDS.into(),
+                    }));
+                    false
+                }
+                Reply::Object(Some(s)) => {
+                    let _ = s.send(Err(ActorError::new(NEVER_RESPONDS)));
+                    false
+                }
+                _ => true,
+            };
+            if !answered {
+                tracing::error!(
+                    worker = %self.state.worker.spec.name,
+                    request_id = %f.request_id,
+                    "{NEVER_RESPONDS} (its promise can no longer settle: nothing it waits on is pending)"
+                );
+            }
+        }
+    }
+
+    /// Drives the isolate's event loop until the host closes it and nothing is in flight
+    /// (`Ok`), or until the isolate must be dropped.
     pub async fn run(self: &Rc<Self>) -> Result<(), Stop> {
         poll_fn(|cx| {
             {
@@ -346,8 +416,9 @@ impl Isolate {
             let fired = self.slot.disarm();
             let heap_hit = rt.heap_hit.load(Ordering::SeqCst);
             drop(rt);
+            let touched = std::mem::take(&mut *self.state.touched.borrow_mut());
             self.state
-                .charge(cpu::thread_cpu_now().saturating_sub(t0), &[], fired);
+                .charge(cpu::thread_cpu_now().saturating_sub(t0), &touched, fired);
             self.state.release_deferred_locks();
             if heap_hit {
                 return Poll::Ready(Err(Stop::MemoryLimit));
@@ -357,7 +428,19 @@ impl Isolate {
             }
             match r {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    if !self.state.inflight.borrow().is_empty()
+                        && self.state.open_sockets.get() == 0
+                    {
+                        self.settle_stuck_events();
+                    }
+                    if self.state.closing.get() {
+                        Poll::Ready(Ok(()))
+                    } else {
+                        // Idle until a synchronous call into JS (the next event) wakes us.
+                        Poll::Pending
+                    }
+                }
                 Poll::Ready(Err(e)) => {
                     tracing::error!(
                         worker = %self.state.worker.spec.name,
@@ -461,8 +544,10 @@ impl Isolate {
         let fired = self.slot.disarm();
         let heap_hit = rt.heap_hit.load(Ordering::SeqCst);
         drop(rt);
+        let mut touched = std::mem::take(&mut *self.state.touched.borrow_mut());
+        touched.push(id);
         self.state
-            .charge(cpu::thread_cpu_now().saturating_sub(t0), &[id], fired);
+            .charge(cpu::thread_cpu_now().saturating_sub(t0), &touched, fired);
         self.state.release_deferred_locks();
         self.state.wake_driver();
         if heap_hit || fired {

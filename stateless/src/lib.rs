@@ -1,39 +1,57 @@
 //! The V8 side of Cinder: isolates per worker script, ES module loading with wrangler
-//! `[[rules]]`, the Web-API globals (from the `deno_*` crates), the Workers-specific API
-//! (`export default { fetch, scheduled }`, `env`, `ctx`), and the CPU / heap limits.
+//! `[[rules]]`, the Web-API globals (from the `deno_*` crates), the Workers API
+//! (`export default { fetch, scheduled }`, `env`, `ctx`), Durable Object classes written in JS
+//! hosted on the actor core, JS RPC, WebSockets with hibernation, and the CPU / heap limits.
 //!
-//! The gateway (`cinder-gateway`) builds a [`HostConfig`] from wrangler configuration and hands
-//! HTTP requests to [`Host::fetch`]. Requests cross from the gateway's multi-thread runtime over
-//! channels to executor threads; each executor owns a current-thread tokio runtime and one
-//! `deno_core::JsRuntime` per worker script, reused across requests (requests to one isolate
-//! interleave at awaits, as on Cloudflare). Every isolate starts from a startup snapshot that
-//! already holds the Web-API globals (`snapshot.rs`, `js/bootstrap.js`).
+//! ## One executor pool
+//! [`Host::start`] opens the node's storage and starts `cinder-core`'s [`cinder_core::Runtime`]:
+//! its executor threads (one per core) are the only ones. Each thread keeps, per worker
+//! script, one isolate (`thread.rs`, `isolate.rs`) that serves both the worker's stateless
+//! events and the Durable Objects of its classes that the executor ring places on that thread
+//! (`durable.rs`: a JS class is a core `ActorFactory`; all its objects on a thread share the
+//! isolate, each with its own instance, `ctx` and `env`). A stateless event is handed to a
+//! thread with `Runtime::run_on` (round robin, skipping a thread in the middle of a JS turn); a
+//! Worker calling an object on its own thread costs no thread hop.
+//!
+//! Every event enters JS *synchronously*: the handler runs, with its microtasks, until its
+//! first real await before the call returns. For an object that call happens inside core's
+//! first poll of the event, under its input gate. Which object is running after any await is
+//! carried by V8's continuation-preserved embedder data (deno_core's async context), so each
+//! storage call, timer, outbound `fetch()` or stub call is charged to that object's gates
+//! (`ops_do.rs` explains the rules) and its CPU to that event.
+//!
+//! The gateway (`cinder-gateway`) builds a [`HostConfig`] from wrangler configuration, hands
+//! HTTP requests to [`Host::fetch`], and connects the WebSockets that workers answer `101`
+//! with ([`Host::socket_link`], [`websocket_pump`]). Every isolate starts from a startup
+//! snapshot holding the Web-API globals and our JS (`snapshot.rs`, `js/`).
 //!
 //! Behaviour worth knowing:
 //! - Bodies stream both ways through bounded channels (request body -> `ReadableStream`,
 //!   response `ReadableStream` -> [`Body`]); nothing buffers a whole body.
 //! - An uncaught exception answers `500 Worker threw exception` and is logged.
 //!   `ctx.passThroughOnException()` is accepted; with no origin behind a dev server the
-//!   response is still that 500 (as `wrangler dev`).
-//! - `ctx.waitUntil` promises run after the response is handed back; the event (and its CPU
-//!   accounting) ends when they settle.
-//! - CPU: thread CPU time spent in the isolate while an event is in flight. One uninterrupted
-//!   JS turn is stopped once it would take any in-flight event past `cpu_ms`; CPU of ordinary
-//!   turns is split evenly between the events in flight (interleaved requests cannot be told
-//!   apart). Past the limit the isolate is terminated, the request gets
-//!   `503 Worker exceeded CPU time limit.`, other in-flight requests of that isolate a 503, and
-//!   a fresh isolate takes the next events.
+//!   response is still that 500 (as `wrangler dev`). When nothing pending in an isolate can
+//!   ever settle an unanswered event, it gets workerd's `500 The script will never generate a
+//!   response.`
+//! - `ctx.waitUntil` promises run after the response is handed back, at most 15 minutes; the
+//!   event (and its CPU accounting) ends when they settle.
+//! - CPU: thread CPU time spent in the isolate, charged to the event whose code ran (a
+//!   synchronous entry's to its event; an event-loop turn's to the events whose I/O completed
+//!   in it, split evenly among all in flight only when none is known). One uninterrupted JS
+//!   turn is stopped once it would take any in-flight event past `cpu_ms`. Past the limit the
+//!   isolate is terminated, the request gets `503 Worker exceeded CPU time limit.`, the other
+//!   in-flight requests of that isolate a 503 saying why, its Durable Objects are reset
+//!   (storage intact), and a fresh isolate takes the next events.
 //! - Heap: past [`HostConfig::heap_limit_bytes`] the same, with `Worker exceeded memory limit.`
 //! - A worker other than the first whose modules fail to load (syntax error, top-level throw)
 //!   does not stop [`Host::start`]: the error is logged and every event for that worker is
-//!   answered `500 Worker failed to load: <file>:<line>: <message>`. The same answer goes to an
-//!   event whose isolate could not be recreated (after a limit) because loading failed.
+//!   answered `500 Worker failed to load: <file>:<line>: <message>`.
 //! - `console.*` goes to `tracing` (target `worker`) with the worker name and request id.
-//! - The global `fetch()` refuses internal addresses (see [`is_internal_address`]) by resolved
-//!   IP, unless [`HostConfig::allow_private_fetch`].
+//! - The global `fetch()` and outgoing WebSockets refuse internal addresses (see
+//!   [`is_internal_address`]) by resolved IP, unless [`HostConfig::allow_private_fetch`].
 //!
-//! May depend on `deno_core` and the `deno_*` Web-API crates, on `cinder-core` for Durable
-//! Objects and on `cinder-r2` for R2 bucket bindings. Never on the gateway.
+//! May depend on `deno_core`, the `deno_*` Web-API crates, `cinder-core`, `cinder-storage`,
+//! `cinder-sql` and the service engines; never on the gateway.
 
 use std::path::PathBuf;
 
@@ -48,14 +66,19 @@ mod ops;
 mod ops_do;
 mod ops_r2;
 mod ops_rpc;
+mod ops_ws;
 mod snapshot;
 mod state;
 mod thread;
+mod websocket;
+mod ws_delivery;
 
 pub use cinder_storage::Durability;
 pub use host::Host;
 pub use loader::{default_rules, module_kind_for};
 pub use netguard::{is_internal as is_internal_address, ALLOW_FLAG};
+pub use websocket::{Incoming as WsIncoming, SocketLink, WsHandoff};
+pub use ws_delivery::{config as websocket_config, pump as websocket_pump};
 
 /// A streaming HTTP body of `Bytes` chunks; the same type as `axum::body::Body`, so the gateway
 /// passes bodies through without conversion.
@@ -171,11 +194,17 @@ pub struct HostConfig {
     pub state_dir: Option<PathBuf>,
     /// How a write is made durable before the output gate lets anything depending on it out.
     pub durability: Durability,
+    /// How long an object whose only connections are hibernatable WebSockets stays in memory
+    /// without events.
+    pub hibernate_after: std::time::Duration,
     /// Open R2 storage (under `<state_dir>/r2`) even when no worker binds a bucket: the
     /// gateway's S3 endpoint serves it through [`Host::r2`]. Workers with `r2_buckets` open it
     /// anyway.
     pub enable_r2: bool,
 }
+
+/// Cloudflare's hibernation delay.
+pub const DEFAULT_HIBERNATE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Default for HostConfig {
     fn default() -> Self {
@@ -186,6 +215,7 @@ impl Default for HostConfig {
             heap_limit_bytes: DEFAULT_HEAP_LIMIT_BYTES,
             state_dir: None,
             durability: Durability::Fsync,
+            hibernate_after: DEFAULT_HIBERNATE_AFTER,
             enable_r2: false,
         }
     }

@@ -22,6 +22,8 @@ export const DurableObject = cf.DurableObject;
 export const WorkerEntrypoint = cf.WorkerEntrypoint;
 export const RpcTarget = cf.RpcTarget;
 export const WorkflowEntrypoint = cf.WorkflowEntrypoint;
+export const env = cf.env;
+export const waitUntil = cf.waitUntil;
 export default cf;
 "#;
 

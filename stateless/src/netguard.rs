@@ -4,7 +4,7 @@
 //! The check runs on the addresses a name actually resolves to (a custom resolver), and on IP
 //! literals in the URL, so `http://localtest.me/` and `http://[::1]/` are refused alike.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use deno_core::JsBuffer;
@@ -28,7 +28,9 @@ fn refusal(target: &str) -> String {
 }
 
 /// True for addresses a worker's `fetch()` must not reach by default: loopback, private,
-/// link-local, unique-local, carrier-grade NAT, unspecified and broadcast ranges.
+/// link-local, unique-local, carrier-grade NAT, unspecified, broadcast, multicast and reserved
+/// ranges, and the NAT64 prefixes (a translator is a gateway inside the network; an address in
+/// them can reach any IPv4 host, internal ones included).
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_internal_v4(v4),
@@ -36,12 +38,17 @@ pub fn is_internal(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_internal_v4(v4);
             }
-            let seg0 = v6.segments()[0];
+            let s = v6.segments();
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (seg0 & 0xfe00) == 0xfc00 // unique local fc00::/7
-                || (seg0 & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || v6 == Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0)
+                || v6.is_multicast() // ff00::/8
+                || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (s[0] & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated)
+                || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] // NAT64 64:ff9b::/96
+                || s[..3] == [0x64, 0xff9b, 1] // local-use NAT64 64:ff9b:1::/48
+                || s[..6] == [0, 0, 0, 0, 0, 0] // IPv4-compatible ::a.b.c.d (deprecated)
+                || s[..2] == [0x2001, 0x0db8] // documentation 2001:db8::/32
         }
     }
 }
@@ -56,6 +63,9 @@ fn is_internal_v4(v4: Ipv4Addr) -> bool {
         || o[0] == 0
         || (o[0] == 100 && (o[1] & 0xc0) == 64) // carrier-grade NAT 100.64/10
         || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking 198.18/15
+        || v4.is_multicast() // 224.0.0.0/4
+        || o[0] >= 240 // reserved 240.0.0.0/4 (and broadcast)
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments 192.0.0/24
 }
 
 /// Resolves with the system resolver, then drops internal addresses; a name with only

@@ -24,7 +24,8 @@ deno_core::extension!(
     cinder,
     deps = [deno_webidl, deno_web, deno_crypto, deno_fetch],
     ops = [
-        op_cinder_next_event,
+        op_cinder_take_event,
+        op_cinder_touch,
         op_cinder_respond,
         op_cinder_respond_error,
         op_cinder_event_done,
@@ -92,17 +93,11 @@ pub(crate) fn absolute_url(parts: &http::request::Parts) -> String {
     format!("http://{host}{path}")
 }
 
-#[op2]
-#[serde]
-async fn op_cinder_next_event(state: Rc<RefCell<OpState>>) -> Option<JsEvent> {
-    let st = isolate_rc(&state)?;
-    let events = st.events.clone();
-    let event = {
-        let mut rx = events.lock().await;
-        rx.recv().await
-    }?;
+/// Registers a stateless event as in flight and parks what JS needs of it under its id (taken
+/// by [`op_cinder_take_event`] when JS is entered for it).
+pub(crate) fn admit(st: &IsolateState, event: Event) -> u32 {
     let id = st.next_id();
-    match event {
+    let (request_id, reply, ev) = match event {
         Event::Fetch {
             request_id,
             req,
@@ -130,15 +125,7 @@ async fn op_cinder_next_event(state: Rc<RefCell<OpState>>) -> Option<JsEvent> {
                 cron: String::new(),
                 scheduled_time: 0.0,
             };
-            st.inflight.borrow_mut().insert(
-                id,
-                InFlight {
-                    request_id,
-                    reply: Reply::Fetch(Some(reply)),
-                    cpu: Default::default(),
-                },
-            );
-            Some(ev)
+            (request_id, Reply::Fetch(Some(reply)), ev)
         }
         Event::Scheduled {
             request_id,
@@ -146,27 +133,49 @@ async fn op_cinder_next_event(state: Rc<RefCell<OpState>>) -> Option<JsEvent> {
             time_ms,
             reply,
         } => {
-            st.inflight.borrow_mut().insert(
-                id,
-                InFlight {
-                    request_id: request_id.clone(),
-                    reply: Reply::Scheduled(Some(reply)),
-                    cpu: Default::default(),
-                },
-            );
-            Some(JsEvent {
+            let ev = JsEvent {
                 kind: "scheduled",
                 id,
-                request_id,
+                request_id: request_id.clone(),
                 method: String::new(),
                 url: String::new(),
                 headers: Vec::new(),
                 body: None,
                 cron,
                 scheduled_time: time_ms as f64,
-            })
+            };
+            (request_id, Reply::Scheduled(Some(reply)), ev)
+        }
+    };
+    st.inflight.borrow_mut().insert(
+        id,
+        InFlight {
+            request_id,
+            reply,
+            cpu: Default::default(),
+        },
+    );
+    st.pending_stateless.borrow_mut().insert(id, ev);
+    id
+}
+
+/// Event `eid`'s code resumes now (its I/O completed): this turn's CPU is charged to it.
+#[op2(fast)]
+fn op_cinder_touch(state: &mut OpState, #[smi] eid: u32) {
+    if let Some(st) = isolate(state) {
+        let mut t = st.touched.borrow_mut();
+        if !t.contains(&eid) {
+            t.push(eid);
         }
     }
+}
+
+#[op2]
+#[serde]
+fn op_cinder_take_event(state: &mut OpState, #[smi] id: u32) -> Option<JsEvent> {
+    let st = isolate(state)?;
+    let ev = st.pending_stateless.borrow_mut().remove(&id);
+    ev
 }
 
 /// A body fed by JS through a sink: a bounded channel, so a slow reader slows the writer down
@@ -228,6 +237,7 @@ fn op_cinder_respond(
     #[smi] kind: u32,
     #[buffer] bytes: JsBuffer,
     #[smi] sink: u32,
+    web_socket: f64,
 ) {
     let Some(st) = isolate(state) else { return };
     let sender = match st.inflight.borrow_mut().get_mut(&id) {
@@ -251,6 +261,11 @@ fn op_cinder_respond(
             let mut resp = http::Response::new(body);
             *resp.status_mut() = code;
             *resp.headers_mut() = map;
+            if web_socket > 0.0 {
+                // The client's end of a WebSocketPair: the gateway connects it.
+                resp.extensions_mut()
+                    .insert(crate::websocket::WsHandoff(web_socket as u64));
+            }
             resp
         }
         (_, Err(e)) => {
@@ -408,11 +423,17 @@ pub(crate) struct OutResponse {
     status_text: String,
     headers: Vec<(ByteString, ByteString)>,
     body: Option<u32>,
+    /// The socket of a `101` answered with a WebSocket.
+    web_socket: Option<f64>,
 }
 
 /// A response handed to JS: its body (if any) parked under a fresh id for `op_cinder_body_read`.
 pub(crate) fn out_response(st: &IsolateState, resp: http::Response<Body>) -> OutResponse {
     let (parts, body) = resp.into_parts();
+    let web_socket = parts
+        .extensions
+        .get::<crate::websocket::WsHandoff>()
+        .map(|h| h.0 as f64);
     let body = if http_body::Body::is_end_stream(&body) {
         None
     } else {
@@ -429,6 +450,7 @@ pub(crate) fn out_response(st: &IsolateState, resp: http::Response<Body>) -> Out
             .to_string(),
         headers: header_pairs(&parts.headers),
         body,
+        web_socket,
     }
 }
 

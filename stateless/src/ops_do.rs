@@ -457,6 +457,8 @@ struct JsDoEvent {
     // export / entrypoint
     export_id: String,
     entrypoint: Option<String>,
+    // ws
+    ws: Option<crate::ops_ws::JsWsEvent>,
 }
 
 impl JsDoEvent {
@@ -478,6 +480,7 @@ impl JsDoEvent {
             is_retry: false,
             export_id: String::new(),
             entrypoint: None,
+            ws: None,
         }
     }
 }
@@ -533,6 +536,13 @@ fn op_do_take(state: &mut OpState, #[smi] eid: u32) -> Result<JsDoEvent, JsError
             request_id,
             message: Some(message.to_vec().into()),
             ..JsDoEvent::new("rpc", handle)
+        },
+        DoEvent::Call {
+            handle,
+            call: DoCall::WebSocket { socket, event },
+        } => JsDoEvent {
+            ws: Some(crate::ops_ws::js_ws_event(socket, handle, event)),
+            ..JsDoEvent::new("ws", handle)
         },
         DoEvent::Call {
             handle,
@@ -739,12 +749,13 @@ fn gated_read<T: 'static>(
     }
 }
 
-fn ready<T>(
-    v: Result<T, JsErrorBox>,
-) -> futures::future::Either<
+/// An op's result: ready at once (SQLite-backed storage, errors) or later (a read).
+type OpFuture<T> = futures::future::Either<
     futures::future::Ready<Result<T, JsErrorBox>>,
     futures::future::LocalBoxFuture<'static, Result<T, JsErrorBox>>,
-> {
+>;
+
+fn ready<T>(v: Result<T, JsErrorBox>) -> OpFuture<T> {
     futures::future::Either::Left(futures::future::ready(v))
 }
 

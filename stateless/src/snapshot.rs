@@ -33,19 +33,24 @@ pub(crate) fn extensions() -> Vec<Extension> {
         crate::ops::cinder::init(),
         crate::ops_do::cinder_do::init(),
         crate::ops_rpc::cinder_rpc::init(),
+        crate::ops_ws::cinder_ws::init(),
         crate::ops_r2::cinder_r2_binding::init(),
     ]
 }
 
 /// The isolate's JS, run in this order while the snapshot is built: the Web-API globals and
-/// stateless events, JS RPC, Durable Objects, R2 bindings.
-const SCRIPTS: [(&str, &str); 4] = [
+/// stateless events, JS RPC, Durable Objects, WebSockets, R2 bindings.
+const SCRIPTS: [(&str, &str); 5] = [
     (
         "ext:cinder/bootstrap.js",
         include_str!("../js/bootstrap.js"),
     ),
     ("ext:cinder/rpc.js", include_str!("../js/rpc.js")),
     ("ext:cinder/durable.js", include_str!("../js/durable.js")),
+    (
+        "ext:cinder/websocket.js",
+        include_str!("../js/websocket.js"),
+    ),
     ("ext:cinder/r2.js", include_str!("../js/r2.js")),
 ];
 

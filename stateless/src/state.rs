@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cinder_core::{ActorError, InputLock};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::durable::{DoEvent, DoReply, ObjectEntry};
-use crate::event::Event;
 use crate::host::HostInner;
 use crate::{Body, HostError};
 
@@ -66,7 +65,6 @@ pub(crate) struct PendingStop(pub Cell<Option<crate::event::Stop>>);
 
 pub(crate) struct IsolateState {
     pub worker: Arc<WorkerCtx>,
-    pub events: Rc<Mutex<mpsc::UnboundedReceiver<Event>>>,
     pub inflight: RefCell<HashMap<u32, InFlight>>,
     next_id: Cell<u32>,
     pub bodies: RefCell<HashMap<u32, Body>>,
@@ -76,6 +74,10 @@ pub(crate) struct IsolateState {
     pub objects: RefCell<HashMap<u32, Rc<ObjectEntry>>>,
     /// Handles of objects dropped by the runtime whose JS instances are still to be forgotten.
     pub dead_objects: RefCell<Vec<u32>>,
+    /// Stateless events handed to JS but not yet taken by it (`op_cinder_take_event`).
+    pub pending_stateless: RefCell<HashMap<u32, crate::ops::JsEvent>>,
+    /// Set when the host shuts down: the driver ends once nothing is in flight.
+    pub closing: Cell<bool>,
     /// Object events handed to JS but not yet taken by it (`op_do_take`).
     pub pending_events: RefCell<HashMap<u32, DoEvent>>,
     /// Input-gate locks of storage reads whose results were delivered: released only once the
@@ -89,15 +91,26 @@ pub(crate) struct IsolateState {
     /// Open `blockConcurrencyWhile` sections and `waitUntil` promises, by token: JS reports
     /// how each ended.
     pub critical_sections: RefCell<HashMap<u32, oneshot::Sender<Result<(), ActorError>>>>,
+    /// WebSocket events for sockets accepted in this isolate, not yet taken by JS.
+    pub pending_ws: RefCell<HashMap<u32, crate::ops_ws::JsWsEvent>>,
+    /// Per socket, what an object sent that waits for its output gate.
+    pub ws_send_queues: RefCell<HashMap<u64, Rc<crate::ops_ws::SendQueue>>>,
+    /// Sockets accepted in this isolate (`ws.accept()`, `new WebSocket`) and still open: their
+    /// messages may yet settle a pending promise, so the isolate is not idle while any is.
+    pub open_sockets: Cell<u32>,
+    /// Events whose code resumed in the current event-loop turn (reported by JS where an await
+    /// of its I/O returns): the turn's CPU is charged to them.
+    pub touched: RefCell<Vec<u32>>,
     /// Open `transaction()` bodies, by token.
     pub transactions: RefCell<HashMap<u32, crate::ops_do::TxnChannel>>,
 }
 
 impl IsolateState {
-    pub fn new(worker: Arc<WorkerCtx>, events: Rc<Mutex<mpsc::UnboundedReceiver<Event>>>) -> Self {
+    pub fn new(worker: Arc<WorkerCtx>) -> Self {
         IsolateState {
             worker,
-            events,
+            pending_stateless: RefCell::new(HashMap::new()),
+            closing: Cell::new(false),
             inflight: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
             bodies: RefCell::new(HashMap::new()),
@@ -111,6 +124,10 @@ impl IsolateState {
             stop: PendingStop::default(),
             critical_sections: RefCell::new(HashMap::new()),
             transactions: RefCell::new(HashMap::new()),
+            pending_ws: RefCell::new(HashMap::new()),
+            touched: RefCell::new(Vec::new()),
+            open_sockets: Cell::new(0),
+            ws_send_queues: RefCell::new(HashMap::new()),
         }
     }
 

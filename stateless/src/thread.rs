@@ -5,24 +5,22 @@
 //! isolate never changes thread.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::LocalBoxFuture;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::oneshot;
 
 use crate::cpu::Slot;
-use crate::event::{error_response, stop_response, Event, Stop};
+use crate::event::{error_response, stop_response, unavailable_response, Event, Stop, Unavailable};
 use crate::isolate::{fill, Isolate, Spare, WorkerShared};
 use crate::state::{IsolateState, Reply};
 use crate::{HostError, LoadError};
 
 /// How long a shutdown waits for in-flight events (and `waitUntil` work) to finish.
 const DRAIN: Duration = Duration::from_secs(10);
-
-type EventRx = Rc<Mutex<mpsc::UnboundedReceiver<Event>>>;
 
 /// What one executor thread keeps for the JS side.
 struct ThreadJs {
@@ -34,11 +32,14 @@ struct ThreadJs {
 
 struct WorkerOnThread {
     shared: Arc<WorkerShared>,
-    /// `None` once the worker failed to load here: its events get `failed`.
-    events: Option<mpsc::UnboundedSender<Event>>,
+    /// Set once the worker failed to load here: its events get this error.
     failed: Option<String>,
-    /// The isolate serving it now (replaced after a limit stops one).
+    /// The isolate serving it now; `None` while one is being recreated after a limit.
     current: Option<Rc<Isolate>>,
+    /// Events that arrived while no isolate was ready; the next one takes them.
+    waiting: VecDeque<Event>,
+    /// The host is shutting down: no new events.
+    closed: bool,
 }
 
 thread_local! {
@@ -57,10 +58,11 @@ pub(crate) type Ready = Result<Vec<(usize, LoadError)>, LoadError>;
 pub(crate) fn start(
     workers: Arc<Vec<Arc<WorkerShared>>>,
     ready: std::sync::mpsc::Sender<Ready>,
+    busy_since: Arc<std::sync::atomic::AtomicU64>,
 ) -> LocalBoxFuture<'static, ()> {
     Box::pin(async move {
         let thread = Rc::new(ThreadJs {
-            slot: Slot::for_current_thread(),
+            slot: Slot::for_current_thread(busy_since),
             spare: Default::default(),
             workers: RefCell::new(HashMap::new()),
             serving: RefCell::new(Vec::new()),
@@ -68,25 +70,25 @@ pub(crate) fn start(
         THREAD.with(|t| *t.borrow_mut() = Some(thread.clone()));
         let mut load_errors = Vec::new();
         for (i, w) in workers.iter().enumerate() {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let rx: EventRx = Rc::new(Mutex::new(rx));
-            let entry = match Isolate::create(w, rx.clone(), &thread.slot, &thread.spare).await {
+            let entry = match Isolate::create(w, &thread.slot, &thread.spare).await {
                 Ok(iso) => {
-                    let task = tokio::task::spawn_local(serve(w.clone(), iso.clone(), rx));
+                    let task = tokio::task::spawn_local(serve(w.clone(), iso.clone()));
                     thread.serving.borrow_mut().push(task);
                     WorkerOnThread {
                         shared: w.clone(),
-                        events: Some(tx),
                         failed: None,
                         current: Some(iso),
+                        waiting: VecDeque::new(),
+                        closed: false,
                     }
                 }
                 Err(e) => {
                     let entry = WorkerOnThread {
                         shared: w.clone(),
-                        events: None,
                         failed: Some(e.to_string()),
                         current: None,
+                        waiting: VecDeque::new(),
+                        closed: false,
                     };
                     load_errors.push((i, e));
                     entry
@@ -106,7 +108,14 @@ pub(crate) fn stop() -> LocalBoxFuture<'static, ()> {
     Box::pin(async move {
         let Some(thread) = this_thread() else { return };
         for w in thread.workers.borrow_mut().values_mut() {
-            w.events = None;
+            w.closed = true;
+            for ev in w.waiting.drain(..) {
+                answer(ev, Unavailable::ShuttingDown, &w.shared.ctx.spec.name);
+            }
+            if let Some(iso) = &w.current {
+                iso.state.closing.set(true);
+                iso.state.wake_driver();
+            }
         }
         let tasks = std::mem::take(&mut *thread.serving.borrow_mut());
         let all = futures::future::join_all(tasks);
@@ -124,22 +133,33 @@ pub(crate) fn stop() -> LocalBoxFuture<'static, ()> {
 /// Runs on an executor thread: hands a stateless event to the worker's isolate here.
 pub(crate) fn deliver(worker: &str, event: Event) {
     let Some(thread) = this_thread() else {
-        return answer(event, Stop::Crashed);
+        return answer(event, Unavailable::ShuttingDown, worker);
     };
-    let workers = thread.workers.borrow();
-    match workers.get(worker) {
-        Some(WorkerOnThread {
-            events: Some(tx), ..
-        }) => {
-            if let Err(mpsc::error::SendError(ev)) = tx.send(event) {
-                answer(ev, Stop::Crashed);
+    let iso = {
+        let mut workers = thread.workers.borrow_mut();
+        let Some(w) = workers.get_mut(worker) else {
+            drop(workers);
+            return answer(event, Unavailable::NotOnThisNode, worker);
+        };
+        if w.closed {
+            drop(workers);
+            return answer(event, Unavailable::ShuttingDown, worker);
+        }
+        if let Some(err) = &w.failed {
+            let err = err.clone();
+            drop(workers);
+            return answer_load_failure(event, worker, &err);
+        }
+        match &w.current {
+            Some(iso) => iso.clone(),
+            None => {
+                w.waiting.push_back(event);
+                return;
             }
         }
-        Some(WorkerOnThread {
-            failed: Some(err), ..
-        }) => answer_load_failure(event, worker, err),
-        _ => answer(event, Stop::Crashed),
-    }
+    };
+    // The borrow of the table is released: JS may reach back into this thread's state.
+    iso.enter_event(event);
 }
 
 /// The isolate of `worker` on the calling executor thread (for a Durable Object constructed
@@ -198,14 +218,17 @@ pub(crate) async fn call_isolate(
         .unwrap_or_else(|_| Err(cinder_core::ActorError::new("the runtime is shut down")))
 }
 
-/// Answers an event that no isolate will run.
-fn answer(event: Event, stop: Stop) {
+/// Answers an event that no isolate will run, saying why.
+fn answer(event: Event, why: Unavailable, worker: &str) {
     match event {
         Event::Fetch { reply, .. } => {
-            let _ = reply.send(stop_response(stop, false));
+            let _ = reply.send(unavailable_response(why, worker));
         }
         Event::Scheduled { reply, .. } => {
-            let _ = reply.send(Err(HostError::Shutdown));
+            let _ = reply.send(Err(match why {
+                Unavailable::ShuttingDown => HostError::Shutdown,
+                Unavailable::NotOnThisNode => HostError::NoSuchWorker(worker.to_string()),
+            }));
         }
     }
 }
@@ -286,34 +309,57 @@ fn stop_reason(stop: Stop) -> &'static str {
 }
 
 /// Drives one worker's isolate on this thread, recreating it after a limit stops it.
-async fn serve(w: Arc<WorkerShared>, mut iso: Rc<Isolate>, rx: EventRx) {
+async fn serve(w: Arc<WorkerShared>, mut iso: Rc<Isolate>) {
+    let name = w.ctx.spec.name.clone();
     loop {
         let stop = match iso.run().await {
             Ok(()) => return,
             Err(stop) => stop,
         };
         if stop == Stop::Crashed {
-            tracing::error!(worker = %w.ctx.spec.name, "isolate crashed; recreating it");
+            tracing::error!(worker = %name, "isolate crashed; recreating it");
         }
+        set_current(&name, None);
         fail_inflight(&iso.state, stop, w.cpu_limit);
-        set_current(&w.ctx.spec.name, None);
         drop(iso);
         let Some(thread) = this_thread() else { return };
-        iso = loop {
-            match Isolate::create(&w, rx.clone(), &thread.slot, &thread.spare).await {
-                Ok(new) => break new,
-                Err(e) => {
-                    tracing::error!(worker = %w.ctx.spec.name, "worker failed to reload: {e}");
-                    // Answer the next event with the failure, then try again.
-                    let next = rx.lock().await.recv().await;
-                    match next {
-                        None => return,
-                        Some(ev) => answer_load_failure(ev, &w.ctx.spec.name, &e.to_string()),
+        iso = match Isolate::create(&w, &thread.slot, &thread.spare).await {
+            Ok(new) => new,
+            Err(e) => {
+                // The code loaded before and fails now (e.g. top-level code that depends on
+                // time): this worker's events on this thread get the error from now on.
+                tracing::error!(worker = %name, "worker failed to reload: {e}");
+                let waiting = match thread.workers.borrow_mut().get_mut(&name) {
+                    Some(slot) => {
+                        slot.failed = Some(e.to_string());
+                        std::mem::take(&mut slot.waiting)
                     }
+                    None => VecDeque::new(),
+                };
+                for ev in waiting {
+                    answer_load_failure(ev, &name, &e.to_string());
                 }
+                return;
             }
         };
-        set_current(&w.ctx.spec.name, Some(iso.clone()));
+        if thread
+            .workers
+            .borrow()
+            .get(&name)
+            .is_some_and(|slot| slot.closed)
+        {
+            return;
+        }
+        set_current(&name, Some(iso.clone()));
+        let waiting = thread
+            .workers
+            .borrow_mut()
+            .get_mut(&name)
+            .map(|slot| std::mem::take(&mut slot.waiting))
+            .unwrap_or_default();
+        for ev in waiting {
+            iso.enter_event(ev);
+        }
     }
 }
 
@@ -340,17 +386,16 @@ pub(crate) async fn probe(worker: &str) -> Result<Duration, LoadError> {
         })?;
     fill(&thread.spare, w.heap_limit);
     let t0 = Instant::now();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let iso = Isolate::create(&w, Rc::new(Mutex::new(rx)), &thread.slot, &thread.spare).await?;
+    let iso = Isolate::create(&w, &thread.slot, &thread.spare).await?;
     let (reply, mut resp) = oneshot::channel();
     let mut req = http::Request::new(crate::Body::empty());
     *req.uri_mut() = http::Uri::from_static("http://localhost/");
-    let _ = tx.send(Event::Fetch {
+    iso.enter_event(Event::Fetch {
         request_id: "cold-start-probe".into(),
         req,
         reply,
     });
-    drop(tx);
+    iso.state.closing.set(true);
     let run = iso.run();
     tokio::pin!(run);
     let got = tokio::select! {

@@ -10,6 +10,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use fjall::Readable;
 
 use crate::alarm::AlarmState;
 use crate::error::StorageError;
@@ -143,7 +144,13 @@ impl View<'_> {
         let epochs = (!no_cache).then(|| self.store.cache.epochs());
         #[cfg(test)]
         tests_hook::after_epochs();
-        let db = self.store.data.range((full(&r.lo), full(&r.hi)));
+        // Through a snapshot: a batch the committer is applying right now is seen whole or not
+        // at all (fjall's plain reads see its items one by one as they are inserted).
+        let db = self
+            .store
+            .db
+            .snapshot()
+            .range(&self.store.data, (full(&r.lo), full(&r.hi)));
         let limit = limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
         let mut committed = Vec::new();
@@ -188,7 +195,8 @@ impl View<'_> {
             Bound::Unbounded => Bound::Unbounded,
         };
         let mut out = BTreeSet::new();
-        for g in self.store.data.range((full(&r.lo), full(&r.hi))) {
+        let snapshot = self.store.db.snapshot();
+        for g in snapshot.range(&self.store.data, (full(&r.lo), full(&r.hi))) {
             let k = g.key()?;
             out.insert(k[ID_LEN..].to_vec());
         }

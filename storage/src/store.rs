@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
 use crate::alarm::{self, AlarmState, StoreMeta, STORE_FORMAT};
 use crate::cache::ReadCache;
@@ -194,7 +194,7 @@ impl Store {
     pub fn alarm_states(&self) -> Result<Vec<(ObjectId, AlarmState)>, StorageError> {
         self.check_failed()?;
         let mut out = Vec::new();
-        for item in self.alarms.iter() {
+        for item in self.db.snapshot().iter(&self.alarms) {
             let (k, v) = item.into_inner()?;
             let id: ObjectId = k[..]
                 .try_into()
@@ -270,14 +270,15 @@ impl Store {
         }
     }
 
-    /// fjall only: may block on disk.
+    /// fjall only: may block on disk. Through a snapshot, so a batch being applied is seen whole
+    /// or not at all (fjall's plain `get` reads past the published sequence number).
     pub(crate) fn read_uncached(&self, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
-        Ok(self.data.get(key)?.map(Bytes::from))
+        Ok(self.db.snapshot().get(&self.data, key)?.map(Bytes::from))
     }
 
     pub(crate) fn read_alarm(&self, id: &ObjectId) -> Result<Option<AlarmState>, StorageError> {
         self.check_failed()?;
-        match self.alarms.get(id)? {
+        match self.db.snapshot().get(&self.alarms, id)? {
             Some(raw) => Ok(Some(alarm::decode(&raw)?)),
             None => Ok(None),
         }

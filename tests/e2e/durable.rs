@@ -296,3 +296,125 @@ fn rpc_passes_functions_rpc_targets_and_stubs_by_reference() {
         json!({"callback": 42, "first": 11, "second": 12, "value": 12, "pipelined": 101, "forwarded": "target"})
     );
 }
+
+fn executor_of(class_key: &str, name: &str, threads: usize) -> usize {
+    let id = cinder_core::IdFactory::from_unique_key(class_key).id_from_name(name);
+    cinder_placement::executor_for(id.bytes(), threads)
+}
+
+/// Two names of `class_key` whose objects live on different executor threads (of 2).
+fn names_on_two_threads(class_key: &str) -> (String, String) {
+    let a = "a0".to_string();
+    let home = executor_of(class_key, &a, 2);
+    let b = (1..1000)
+        .map(|i| format!("b{i}"))
+        .find(|n| executor_of(class_key, n, 2) != home)
+        .expect("a name on the other thread");
+    (a, b)
+}
+
+#[test]
+fn a_runaway_object_is_reset_without_stalling_objects_on_the_other_thread() {
+    let server = Server::start(&[fixture("do-limits").to_str().unwrap(), "--threads", "2"]);
+    let (bad, good) = names_on_two_threads("do-limits/Looper");
+    assert_eq!(server.get_json(&format!("/increment?name={bad}"))["ok"], 1);
+    assert_eq!(server.get_json(&format!("/increment?name={good}"))["ok"], 1);
+
+    let spin_url = server.url(&format!("/spin?name={bad}"));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let spinner = std::thread::spawn(move || {
+        let resp = crate::harness::client().get(spin_url).send().unwrap();
+        let text = resp.text().unwrap();
+        let _ = done_tx.send(());
+        text
+    });
+    // Once the loop runs, the healthy object on the other thread answers while the loop still
+    // runs (it is stopped only at its 8 s CPU limit).
+    server.log_where(|l| l.contains("spinning now"));
+    assert_eq!(server.get_json(&format!("/increment?name={good}"))["ok"], 2);
+    assert!(
+        done_rx.try_recv().is_err(),
+        "the healthy object answered only after the runaway one was stopped"
+    );
+    // The caller shares the stopped isolate when it ran on the object's thread (a 503), or
+    // gets the object's reset error.
+    let spun = spinner.join().unwrap();
+    assert!(spun.contains("CPU"), "{spun}");
+    // The reset object answers again, its storage intact.
+    assert_eq!(server.get_json(&format!("/increment?name={bad}"))["ok"], 2);
+
+    let bombed = server.get(&format!("/bomb?name={bad}")).text().unwrap();
+    assert!(bombed.contains("memory"), "{bombed}");
+    assert_eq!(server.get_json(&format!("/increment?name={bad}"))["ok"], 3);
+    assert_eq!(server.get_json(&format!("/increment?name={good}"))["ok"], 3);
+}
+
+#[test]
+fn acknowledged_increments_survive_kill_9_and_none_is_acknowledged_twice() {
+    use rand::Rng;
+    let state = tempfile::tempdir().unwrap();
+    let dir = fixture("durable");
+    let args = [dir.to_str().unwrap()];
+    let mut acked: Vec<i64> = Vec::new();
+    let mut rng = rand::rng();
+    for round in 0..10 {
+        let server = Server::start_in(state.path(), &args);
+        let before = server.get_json("/peek?name=crash").as_i64().unwrap();
+        let max_acked = acked.iter().copied().max().unwrap_or(0);
+        assert!(
+            before >= max_acked,
+            "round {round}: {max_acked} was acknowledged but only {before} survived"
+        );
+        // Kill once the clients together got this many answers: a random moment that does not
+        // depend on timing.
+        let kill_after = rng.random_range(5..60);
+        let (tx, rx) = std::sync::mpsc::channel::<i64>();
+        let url = server.url("/increment?name=crash");
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                let (url, tx) = (url.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    let client = crate::harness::client();
+                    while let Ok(resp) = client.post(&url).send() {
+                        match resp.json::<i64>() {
+                            Ok(v) => {
+                                if tx.send(v).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let mut got = 0;
+        while got < kill_after {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(v) => {
+                    acked.push(v);
+                    got += 1;
+                }
+                Err(e) => panic!("round {round}: clients stopped answering: {e}"),
+            }
+        }
+        drop(server); // SIGKILL
+        for c in clients {
+            let _ = c.join();
+        }
+        // Answers that arrived before the kill count too.
+        acked.extend(rx.try_iter());
+    }
+    let server = Server::start_in(state.path(), &args);
+    let last = server.get_json("/peek?name=crash").as_i64().unwrap();
+    let mut sorted = acked.clone();
+    sorted.sort();
+    let before_dedup = sorted.len();
+    sorted.dedup();
+    assert_eq!(sorted.len(), before_dedup, "a value was acknowledged twice");
+    assert!(
+        last >= *sorted.last().unwrap(),
+        "an acknowledged increment was lost"
+    );
+}

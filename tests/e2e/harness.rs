@@ -66,11 +66,30 @@ impl Server {
         }
     }
 
+    /// Like [`Server::start`], with extra environment variables for the process.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        match Server::try_start_full(None, args, env) {
+            Ok(s) => s,
+            Err(f) => panic!(
+                "cinder dev {args:?} did not become ready (status {:?}); stderr:\n{}",
+                f.status, f.stderr
+            ),
+        }
+    }
+
     pub fn try_start(args: &[&str]) -> Result<Server, StartFailure> {
         Server::try_start_with(None, args)
     }
 
     fn try_start_with(state_dir: Option<&Path>, args: &[&str]) -> Result<Server, StartFailure> {
+        Server::try_start_full(state_dir, args, &[])
+    }
+
+    fn try_start_full(
+        state_dir: Option<&Path>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server, StartFailure> {
         let owned = match state_dir {
             Some(_) => None,
             None => Some(tempfile::tempdir().expect("temp dir")),
@@ -80,6 +99,7 @@ impl Server {
             .or_else(|| owned.as_ref().map(|t| t.path().to_path_buf()))
             .expect("a state directory");
         let mut child = cinder()
+            .envs(env.iter().copied())
             .arg("dev")
             .args(args)
             .args(["--port", "0", "--persist-to"])

@@ -66,3 +66,38 @@ fn hono_app_bundled_with_esbuild_serves_routes() {
         "/nope"
     );
 }
+
+#[test]
+fn a_typescript_project_with_packages_is_bundled_like_wrangler_dev_does() {
+    let dir = fixture("hono-ts");
+    if !dir.join("node_modules/hono").is_dir() {
+        // cinder installs the packages itself when node_modules is missing; `npm ci` here
+        // keeps the versions of the lockfile.
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .output()
+            .expect("npm is needed for this test");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let server = Server::start(&[dir.to_str().unwrap()]);
+    assert_eq!(server.get("/").text().unwrap(), "typescript hono");
+    for expected in 1..=2 {
+        let v: serde_json::Value = client()
+            .post(server.url("/count/ts"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(v["count"], expected);
+    }
+    assert!(
+        server.stderr().contains("bundled with"),
+        "{}",
+        server.stderr()
+    );
+}

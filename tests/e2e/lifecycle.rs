@@ -40,3 +40,15 @@ fn sigint_on_an_idle_server_exits_zero() {
     let status = server.signal_and_wait(libc::SIGINT, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{}", server.stderr());
 }
+
+#[test]
+fn a_handler_that_can_never_settle_gets_workerds_500_and_the_worker_keeps_serving() {
+    let server = Server::start(&[fixture("globals").to_str().unwrap()]);
+    let resp = server.get("/never");
+    assert_eq!(resp.status(), 500);
+    assert_eq!(
+        resp.text().unwrap().trim(),
+        "The script will never generate a response."
+    );
+    assert_eq!(server.get("/").status(), 200);
+}

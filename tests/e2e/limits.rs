@@ -121,3 +121,68 @@ fn service_binding_to_a_script_throwing_at_load_answers_500_and_the_primary_serv
         "the load error is not logged with file and line:\n{log}"
     );
 }
+
+#[test]
+fn cpu_of_short_turns_is_charged_to_the_request_that_ran_them_not_split_with_parked_ones() {
+    let main = fixture("limits").join("wrangler.toml");
+    let good = fixture("limits-good").join("wrangler.toml");
+    let server = Server::start(&[
+        "-c",
+        main.to_str().unwrap(),
+        "-c",
+        good.to_str().unwrap(),
+        "--threads",
+        "1",
+    ]);
+    // Ten requests parked on a timer in the same isolate: split evenly, the burner's 2 s would
+    // cost it only ~180 ms, under the 300 ms limit.
+    let parked: Vec<_> = (0..10)
+        .map(|_| {
+            let url = server.url("/park");
+            thread::spawn(move || client().get(url).send().map(|r| r.status()))
+        })
+        .collect();
+    let burned = server.get("/burn-slices");
+    assert_eq!(burned.status(), 503);
+    assert_eq!(
+        burned.text().unwrap().trim(),
+        "Worker exceeded CPU time limit."
+    );
+    for p in parked {
+        // Their isolate was stopped: they get an answer saying so.
+        assert!(p.join().unwrap().unwrap().is_server_error());
+    }
+}
+
+#[test]
+fn the_front_door_refuses_large_bodies_and_excess_connections_with_clear_answers() {
+    let server = Server::start(&[
+        fixture("limits").to_str().unwrap(),
+        "--max-body-mb",
+        "1",
+        "--max-connections",
+        "2",
+    ]);
+    let resp = client()
+        .post(server.url("/ok"))
+        .body(vec![0u8; 1_000_001])
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert!(resp.text().unwrap().contains("the limit is 1000000 bytes"));
+    assert_eq!(server.get("/ok").status(), 200);
+
+    // Two idle connections hold both slots; the third is told to come back.
+    use std::io::{Read, Write};
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let _a = std::net::TcpStream::connect(&addr).unwrap();
+    let _b = std::net::TcpStream::connect(&addr).unwrap();
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    c.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("Too many connections"), "{answer}");
+}

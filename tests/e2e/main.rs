@@ -18,3 +18,4 @@ mod rules;
 mod scheduled;
 mod services;
 mod streaming;
+mod websocket;

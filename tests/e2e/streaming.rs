@@ -69,7 +69,14 @@ impl RssWatch {
 }
 
 fn warm_server() -> (Server, u64) {
-    let server = Server::start(&[fixture("globals").to_str().unwrap(), "--threads", "1"]);
+    // 200 MB bodies: over the default 100 MB request limit.
+    let server = Server::start(&[
+        fixture("globals").to_str().unwrap(),
+        "--threads",
+        "1",
+        "--max-body-mb",
+        "1000",
+    ]);
     // Warm the isolate and the allocator so the baseline includes them.
     for _ in 0..3 {
         let resp = client()

@@ -81,7 +81,7 @@ fn open_store(dir: &Path) -> Arc<Store> {
 
 fn counter(db: &SqlStorage) -> i64 {
     db.exec(INCREMENT, &[])
-        .and_then(|c| c.one())
+        .and_then(|mut c| c.one())
         .expect("increment")
         .values()[0]
         .as_i64()
