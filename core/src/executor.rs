@@ -355,6 +355,8 @@ impl Slot {
                 }
             }
         }
+        // Both the object's loop and a shutting-down executor may wait for this.
+        self.wake.notify_waiters();
         self.wake.notify_one();
     }
 

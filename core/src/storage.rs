@@ -14,6 +14,11 @@
 //! - After a reset every call fails (`StorageError::Reset`): nothing the old instance does
 //!   reaches the disk.
 //!
+//! Two kinds of call still read on the calling thread when memory cannot answer: `delete` /
+//! `delete_many` (they report synchronously whether the keys existed) and reads through a
+//! [`cinder_storage::Transaction`] (a synchronous API). Both lock nothing and cannot interleave,
+//! but a cold key there costs the executor thread a fjall read.
+//!
 //! A host that issues a read with `allow_concurrency: true` and wants the read's continuation
 //! to run before any other event of the object holds its own [`crate::InputLock`] from the call
 //! until that continuation has run (see [`crate::gate`]).

@@ -405,8 +405,8 @@
         throw new TypeError("connect() on service bindings is not supported by cinder");
       },
     };
-    const target = internals.rpc.makeTarget((message, caller, inCs) =>
-      core.ops.op_rpc_call_service(binding, caller, inCs, message)
+    const target = internals.rpc.makeTarget((message, caller, inCs, sinks) =>
+      core.ops.op_rpc_call_service(binding, caller, inCs, message, sinks)
     );
     return internals.rpc.makeStub(target, base);
   }
@@ -460,6 +460,45 @@
     }
   }
 
+  // `request.cf`: what Cloudflare's edge knows of the client. A local server knows nothing of
+  // it, so these are fixed placeholders (as wrangler dev's), with the connection's facts.
+  const cfs = new WeakMap();
+  function setCf(request, cf) {
+    cfs.set(request, cf);
+  }
+  Object.defineProperty(Request.prototype, "cf", {
+    get() {
+      return cfs.get(this);
+    },
+    configurable: true,
+    enumerable: true,
+  });
+  function localCf(ev) {
+    return {
+      asn: 0,
+      asOrganization: "",
+      colo: "LCL",
+      country: "XX",
+      city: "",
+      continent: "",
+      region: "",
+      regionCode: "",
+      postalCode: "",
+      metroCode: "",
+      latitude: "0.00000",
+      longitude: "0.00000",
+      timezone: "UTC",
+      httpProtocol: "HTTP/1.1",
+      tlsVersion: "",
+      tlsCipher: "",
+      clientTcpRtt: 0,
+      requestPriority: "",
+      edgeRequestKeepAliveStatus: 1,
+      clientAcceptEncoding: ev.headers.find(([k]) => k.toLowerCase() === "accept-encoding")?.[1] ?? "",
+      botManagement: { score: 99, verifiedBot: false, staticResource: false, corporateProxy: false },
+    };
+  }
+
   async function onFetch(ev, handler, env) {
     const waits = [];
     eventWaits.set(ev.id, waits);
@@ -473,6 +512,7 @@
         body,
         duplex: "half",
       });
+      setCf(request, localCf(ev));
       if (typeof handler?.fetch !== "function") {
         throw new TypeError("Handler does not export a fetch() function.");
       }
@@ -649,9 +689,16 @@
     toInnerResponse,
     streamFromBody,
     bodyForRust,
+    pumpStream(stream) {
+      const sink = op_cinder_sink_new();
+      pump(stream, sink);
+      return sink;
+    },
     headerPairs,
     console,
     executionContext: (waits) => new ExecutionContext(waits),
+    setCf,
+    localCf,
     events: event,
     touch,
     settleAll,

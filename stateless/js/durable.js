@@ -164,8 +164,8 @@
   function makeStub(t) {
     const where = { binding: t.binding, jurisdiction: t.jurisdiction, hex: t.hex, name: t.name };
     t.where = where;
-    const target = I.rpc.makeTarget((message, caller, inCs) =>
-      op_do_rpc(where, caller, inCs, message)
+    const target = I.rpc.makeTarget((message, caller, inCs, sinks) =>
+      op_do_rpc(where, caller, inCs, message, sinks)
     );
     const base = {
       get id() {
@@ -510,7 +510,9 @@
     const ctx = { rid: ev.requestId, eid, obj: ev.handle, cs: 0 };
     if (ev.kind === "construct") return withContext(ctx, () => construct(ev));
     if (ev.kind === "export") {
-      withContext({ ...ctx, obj: 0 }, () => rpcEvent(eid, () => I.rpc.serveExport(ev.exportId, ev.message, eid)));
+      withContext({ ...ctx, obj: 0 }, () =>
+        rpcEvent(eid, () => I.rpc.serveExport(ev.exportId, ev.message, eid, ev.streams))
+      );
       return undefined;
     }
     if (ev.kind === "entrypoint") {
@@ -534,7 +536,8 @@
 
   async function rpcEvent(eid, run) {
     try {
-      op_do_return(eid, 0, await run());
+      const { bytes, sinks } = await run();
+      op_do_return(eid, 0, bytes, sinks);
     } catch (e) {
       const info = errorInfo(e);
       op_do_throw(eid, info.name, info.message);
@@ -556,7 +559,7 @@
     const waits = [];
     const instance = new cls(I.executionContext(waits), workerEnv);
     try {
-      return await I.rpc.serve(instance, ev.message, eid, true);
+      return await I.rpc.serve(instance, ev.message, eid, true, ev.streams);
     } finally {
       I.settleAll(waits);
     }
@@ -589,6 +592,7 @@
         body,
         duplex: "half",
       });
+      I.setCf(request, I.localCf(ev));
       if (typeof o.instance.fetch !== "function") {
         throw new TypeError("Handler does not export a fetch() function.");
       }
@@ -629,8 +633,8 @@
           "The receiving Durable Object does not support RPC, because its class was not declared with `extends DurableObject`. In order to enable RPC, make sure your class extends the special class `DurableObject`, which can be imported from the module \"cloudflare:workers\".",
         );
       }
-      const reply = await I.rpc.serve(o.instance, ev.message, eid, true);
-      op_do_return(eid, 0, reply);
+      const { bytes, sinks } = await I.rpc.serve(o.instance, ev.message, eid, true, ev.streams);
+      op_do_return(eid, 0, bytes, sinks);
     } catch (e) {
       const info = errorInfo(e);
       op_do_throw(eid, info.name, info.message);
@@ -641,7 +645,7 @@
   async function objectWs(eid, ev, o) {
     try {
       await I.ws.objectWsEvent(o.instance, ev.handle, ev.ws);
-      op_do_return(eid, 1, new Uint8Array(0));
+      op_do_return(eid, 1, new Uint8Array(0), []);
     } catch (e) {
       console.error("Uncaught (in WebSocket handler)", e);
       const info = errorInfo(e);
@@ -659,7 +663,7 @@
           isRetry: ev.isRetry,
         });
       }
-      op_do_return(eid, 1, new Uint8Array(0));
+      op_do_return(eid, 1, new Uint8Array(0), []);
     } catch (e) {
       console.error("Uncaught (in alarm)", e);
       const info = errorInfo(e);

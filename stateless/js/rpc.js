@@ -106,8 +106,9 @@
   }
 
   // `owner`: see exportValue. Class instances other than RpcTarget are refused, as
-  // Cloudflare refuses them (they would arrive without their prototype).
-  function encode(value, owner, seen = new Map()) {
+  // Cloudflare refuses them (they would arrive without their prototype). A ReadableStream is
+  // moved: its bytes are pumped into a sink (listed in `sinks`) that travels with the message.
+  function encode(value, owner, sinks, seen = new Map()) {
     if (typeof value === "function") {
       if (value[STUB]) return { [MARK]: { id: exportValue(value, owner) } };
       return { [MARK]: { id: exportValue(value, owner), fn: true } };
@@ -119,29 +120,36 @@
       seen.set(value, marker);
       return marker;
     }
+    if (value instanceof I.ReadableStream) {
+      if (value.locked) throw new TypeError("The ReadableStream is locked and cannot be sent over RPC.");
+      sinks.push(I.pumpStream(value));
+      const marker = { [MARK]: { stream: sinks.length - 1 } };
+      seen.set(value, marker);
+      return marker;
+    }
     const proto = Object.getPrototypeOf(value);
     if (Array.isArray(value)) {
       const out = new Array(value.length);
       seen.set(value, out);
-      for (let i = 0; i < value.length; i++) out[i] = encode(value[i], owner, seen);
+      for (let i = 0; i < value.length; i++) out[i] = encode(value[i], owner, sinks, seen);
       return out;
     }
     if (PLAIN_PROTOS.has(proto)) {
       const out = {};
       seen.set(value, out);
-      for (const k of Object.keys(value)) out[k] = encode(value[k], owner, seen);
+      for (const k of Object.keys(value)) out[k] = encode(value[k], owner, sinks, seen);
       return out;
     }
     if (value instanceof Map) {
       const out = new Map();
       seen.set(value, out);
-      for (const [k, v] of value) out.set(encode(k, owner, seen), encode(v, owner, seen));
+      for (const [k, v] of value) out.set(encode(k, owner, sinks, seen), encode(v, owner, sinks, seen));
       return out;
     }
     if (value instanceof Set) {
       const out = new Set();
       seen.set(value, out);
-      for (const v of value) out.add(encode(v, owner, seen));
+      for (const v of value) out.add(encode(v, owner, sinks, seen));
       return out;
     }
     if (
@@ -158,13 +166,18 @@
     );
   }
 
-  // The inverse: markers become stubs; `eid` is the receiving event, which disposes of them
-  // when it ends.
-  function decode(value, eid, seen = new Map()) {
+  // The inverse: markers become stubs (or streams over `bodies`, the ids of the message's
+  // streams); `eid` is the receiving event, which disposes of the stubs when it ends.
+  function decode(value, eid, bodies, seen = new Map()) {
     if (value === null || typeof value !== "object") return value;
     if (seen.has(value)) return seen.get(value);
     if (Object.prototype.hasOwnProperty.call(value, MARK)) {
       const ref = value[MARK];
+      if (ref.stream !== undefined) {
+        const stream = I.streamFromBody(bodies[ref.stream]);
+        seen.set(value, stream);
+        return stream;
+      }
       const stub = importStub(ref.id, !!ref.fn);
       track(eid, ref.id);
       seen.set(value, stub);
@@ -172,27 +185,27 @@
     }
     if (Array.isArray(value)) {
       seen.set(value, value);
-      for (let i = 0; i < value.length; i++) value[i] = decode(value[i], eid, seen);
+      for (let i = 0; i < value.length; i++) value[i] = decode(value[i], eid, bodies, seen);
       return value;
     }
     const proto = Object.getPrototypeOf(value);
     if (PLAIN_PROTOS.has(proto)) {
       seen.set(value, value);
-      for (const k of Object.keys(value)) value[k] = decode(value[k], eid, seen);
+      for (const k of Object.keys(value)) value[k] = decode(value[k], eid, bodies, seen);
       return value;
     }
     if (value instanceof Map) {
       const entries = [...value];
       value.clear();
       seen.set(value, value);
-      for (const [k, v] of entries) value.set(decode(k, eid, seen), decode(v, eid, seen));
+      for (const [k, v] of entries) value.set(decode(k, eid, bodies, seen), decode(v, eid, bodies, seen));
       return value;
     }
     if (value instanceof Set) {
       const items = [...value];
       value.clear();
       seen.set(value, value);
-      for (const v of items) value.add(decode(v, eid, seen));
+      for (const v of items) value.add(decode(v, eid, bodies, seen));
       return value;
     }
     return value;
@@ -228,11 +241,12 @@
     batch.sent = true;
     const eid = actx?.eid ?? 0;
     let message;
+    const sinks = [];
     try {
       const calls = batch.calls.map((c) => ({
         parent: c.parent,
         path: c.path,
-        args: c.args === null ? null : encode(c.args, eid),
+        args: c.args === null ? null : encode(c.args, eid, sinks),
       }));
       message = serialize({ calls }, false);
     } catch (e) {
@@ -240,7 +254,7 @@
     }
     let out;
     try {
-      out = await t.send(message, actx?.obj ?? 0, !!actx?.cs);
+      out = await t.send(message, actx?.obj ?? 0, !!actx?.cs, sinks);
     } catch (e) {
       return rejectAll(batch, e);
     } finally {
@@ -256,7 +270,7 @@
     batch.pending.forEach((p, i) => {
       const r = reply.results[i];
       if (r && "ok" in r) {
-        p.resolve(decode(r.ok, currentEvent() || eid));
+        p.resolve(decode(r.ok, currentEvent() || eid, out.streams));
       } else {
         const err = r?.err ?? { name: "Error", message: "the RPC call got no result" };
         const e = makeError(err.name, err.message);
@@ -358,11 +372,11 @@
 
   function importStub(id, callable) {
     let disposed = false;
-    const t = makeTarget((message, caller, inCs) => {
+    const t = makeTarget((message, caller, inCs, sinks) => {
       if (disposed) {
         return Promise.reject(new Error("Attempted to use RPC stub after it has been disposed."));
       }
-      return op_rpc_call_export(id, caller, inCs, message);
+      return op_rpc_call_export(id, caller, inCs, message, sinks);
     });
     const base = {
       dup() {
@@ -436,13 +450,14 @@
     return await Reflect.apply(fn, obj, args);
   }
 
-  // Runs every call of `bytes` against `root` (reserved names checked when `guarded`) within
-  // event `eid`, and answers with each call's outcome.
-  async function serve(root, bytes, eid, guarded) {
+  // Runs every call of `bytes` (its streams' bodies in `bodies`) against `root` (reserved
+  // names checked when `guarded`) within event `eid`; answers `{ bytes, sinks }`: each call's
+  // outcome and the streams in them.
+  async function serve(root, bytes, eid, guarded, bodies) {
     const msg = deserialize(bytes, false);
     const done = [];
     for (const call of msg.calls) {
-      const args = call.args === null ? null : decode(call.args, eid);
+      const args = call.args === null ? null : decode(call.args, eid, bodies);
       const target = call.parent < 0 ? root : done[call.parent];
       done.push(
         Promise.resolve(target).then((t) =>
@@ -451,24 +466,25 @@
       );
     }
     const settled = await Promise.allSettled(done);
+    const sinks = [];
     const results = settled.map((s) => {
       if (s.status === "rejected") return { err: errorInfo(s.reason) };
       try {
         // Exports in a result live until the receiver lets go of them.
-        return { ok: encode(s.value, 0) };
+        return { ok: encode(s.value, 0, sinks) };
       } catch (e) {
         return { err: errorInfo(e) };
       }
     });
     try {
-      return serialize({ results }, false);
+      return { bytes: serialize({ results }, false), sinks };
     } catch (e) {
-      return serialize({ results: results.map(() => ({ err: errorInfo(e) })) }, false);
+      return { bytes: serialize({ results: results.map(() => ({ err: errorInfo(e) })) }, false), sinks: [] };
     }
   }
 
   // A call on one of this isolate's exports.
-  async function serveExport(id, bytes, eid) {
+  async function serveExport(id, bytes, eid, bodies) {
     const exp = exportsById.get(id);
     if (!exp) {
       throw new Error(
@@ -476,7 +492,7 @@
       );
     }
     if (exp.obj && !I.inputOpen(exp.obj)) await I.inputWait(exp.obj);
-    return await serve(exp.value, bytes, eid, false);
+    return await serve(exp.value, bytes, eid, false, bodies);
   }
 
   I.rpc = {

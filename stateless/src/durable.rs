@@ -35,8 +35,7 @@ pub enum DoCall {
     },
     Rpc {
         request_id: String,
-        /// V8-serialized call tree (see the RPC code in the bootstrap).
-        message: Bytes,
+        message: RpcMessage,
     },
     /// Something happened on one of the object's hibernatable WebSockets.
     WebSocket {
@@ -45,10 +44,17 @@ pub enum DoCall {
     },
 }
 
+/// An RPC message: the V8-serialized calls or results (see js/rpc.js) and the byte streams
+/// passed in them, each a streaming body (a `ReadableStream` on either side).
+pub struct RpcMessage {
+    pub bytes: Bytes,
+    pub streams: Vec<Body>,
+}
+
 /// What a JS Durable Object answers.
 pub enum DoReply {
     Fetch(http::Response<Body>),
-    Rpc(Bytes),
+    Rpc(RpcMessage),
     Alarm,
 }
 
@@ -71,12 +77,12 @@ pub(crate) enum DoEvent {
     /// A call on a function or RpcTarget this isolate exported.
     Export {
         id: String,
-        message: Bytes,
+        message: RpcMessage,
     },
     /// An RPC call to a `WorkerEntrypoint` of this worker (a service binding).
     Entrypoint {
         entrypoint: Option<String>,
-        message: Bytes,
+        message: RpcMessage,
     },
 }
 

@@ -275,6 +275,8 @@ pub(crate) struct FetchOutcome {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct RpcOutcome {
     pub(crate) result: Option<ToJsBuffer>,
+    /// Bodies (by id) of the streams in the result.
+    pub(crate) streams: Vec<u32>,
     pub(crate) error: Option<CallError>,
 }
 
@@ -390,14 +392,15 @@ fn op_do_rpc(
     #[smi] caller: u32,
     in_cs: bool,
     #[buffer] message: JsBuffer,
+    #[serde] streams: Vec<u32>,
 ) -> impl Future<Output = Result<RpcOutcome, JsErrorBox>> {
     let prepared = isolate(state).and_then(|st| {
         let stub = stub_for(&st, &target)?;
-        Ok((st, stub))
+        let message = crate::ops_rpc::message_from_js(&st, &message, &streams);
+        Ok((st, stub, message))
     });
-    let message = Bytes::copy_from_slice(&message);
     async move {
-        let (st, stub) = prepared?;
+        let (st, stub, message) = prepared?;
         let request_id = String::new();
         let call = outbound(&st, caller, in_cs, async move {
             stub.call(Box::new(DoCall::Rpc {
@@ -407,24 +410,17 @@ fn op_do_rpc(
             .await
         })
         .await;
+        let failed = |error: CallError| RpcOutcome {
+            result: None,
+            streams: Vec::new(),
+            error: Some(error),
+        };
         Ok(match call {
-            Err(e) => RpcOutcome {
-                result: None,
-                error: Some(e.into()),
-            },
-            Ok(Err(e)) => RpcOutcome {
-                result: None,
-                error: Some(e.into()),
-            },
+            Err(e) => failed(e.into()),
+            Ok(Err(e)) => failed(e.into()),
             Ok(Ok(payload)) => match payload.downcast::<DoReply>().map(|r| *r) {
-                Ok(DoReply::Rpc(bytes)) => RpcOutcome {
-                    result: Some(bytes.to_vec().into()),
-                    error: None,
-                },
-                _ => RpcOutcome {
-                    result: None,
-                    error: Some(ActorError::new("the Durable Object gave no RPC result").into()),
-                },
+                Ok(reply) => crate::ops_rpc::outcome(&st, Ok(Ok(reply))),
+                Err(_) => failed(ActorError::new("the Durable Object gave no RPC result").into()),
             },
         })
     }
@@ -457,6 +453,8 @@ struct JsDoEvent {
     // export / entrypoint
     export_id: String,
     entrypoint: Option<String>,
+    /// Bodies (by id) of the streams passed in `message`.
+    streams: Vec<u32>,
     // ws
     ws: Option<crate::ops_ws::JsWsEvent>,
 }
@@ -480,6 +478,7 @@ impl JsDoEvent {
             is_retry: false,
             export_id: String::new(),
             entrypoint: None,
+            streams: Vec::new(),
             ws: None,
         }
     }
@@ -513,30 +512,42 @@ fn op_do_take(state: &mut OpState, #[smi] eid: u32) -> Result<JsDoEvent, JsError
             is_retry: info.is_retry,
             ..JsDoEvent::new("alarm", handle)
         },
-        DoEvent::Export { id, message } => JsDoEvent {
-            export_id: id,
-            message: Some(message.to_vec().into()),
-            ..JsDoEvent::new("export", 0)
-        },
+        DoEvent::Export { id, message } => {
+            let (message, streams) = crate::ops_rpc::message_to_js(&st, message);
+            JsDoEvent {
+                export_id: id,
+                message: Some(message),
+                streams,
+                ..JsDoEvent::new("export", 0)
+            }
+        }
         DoEvent::Entrypoint {
             entrypoint,
             message,
-        } => JsDoEvent {
-            entrypoint,
-            message: Some(message.to_vec().into()),
-            ..JsDoEvent::new("entrypoint", 0)
-        },
+        } => {
+            let (message, streams) = crate::ops_rpc::message_to_js(&st, message);
+            JsDoEvent {
+                entrypoint,
+                message: Some(message),
+                streams,
+                ..JsDoEvent::new("entrypoint", 0)
+            }
+        }
         DoEvent::Call {
             handle,
             call: DoCall::Rpc {
                 request_id,
                 message,
             },
-        } => JsDoEvent {
-            request_id,
-            message: Some(message.to_vec().into()),
-            ..JsDoEvent::new("rpc", handle)
-        },
+        } => {
+            let (message, streams) = crate::ops_rpc::message_to_js(&st, message);
+            JsDoEvent {
+                request_id,
+                message: Some(message),
+                streams,
+                ..JsDoEvent::new("rpc", handle)
+            }
+        }
         DoEvent::Call {
             handle,
             call: DoCall::WebSocket { socket, event },
@@ -591,15 +602,22 @@ fn take_object_reply(st: &IsolateState, eid: u32) -> Option<crate::state::Object
     }
 }
 
-/// The answer of an RPC call (serialized result) or of an alarm (`kind` 1: done).
-#[op2(fast)]
-fn op_do_return(state: &mut OpState, #[smi] eid: u32, #[smi] kind: u32, #[buffer] bytes: &[u8]) {
+/// The answer of an RPC call (serialized result, with the sinks of its streams) or of an
+/// alarm or WebSocket event (`kind` 1: done).
+#[op2]
+fn op_do_return(
+    state: &mut OpState,
+    #[smi] eid: u32,
+    #[smi] kind: u32,
+    #[buffer] bytes: &[u8],
+    #[serde] streams: Vec<u32>,
+) {
     let Ok(st) = isolate(state) else { return };
     if let Some(tx) = take_object_reply(&st, eid) {
         let reply = if kind == 1 {
             DoReply::Alarm
         } else {
-            DoReply::Rpc(Bytes::copy_from_slice(bytes))
+            DoReply::Rpc(crate::ops_rpc::message_from_js(&st, bytes, &streams))
         };
         let _ = tx.send(Ok(reply));
     }

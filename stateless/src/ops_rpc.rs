@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cinder_core::ActorError;
-use deno_core::{op2, JsBuffer, OpState};
+use deno_core::{op2, JsBuffer, OpState, ToJsBuffer};
 use deno_error::JsErrorBox;
 
-use crate::durable::{DoEvent, DoReply};
+use crate::durable::{DoEvent, DoReply, RpcMessage};
 use crate::host::{ExportHome, HostInner};
 use crate::ops_do::{outbound, RpcOutcome};
 use crate::state::IsolateState;
@@ -64,18 +64,55 @@ fn op_rpc_release(state: &mut OpState, #[string] id: &str) {
     }
 }
 
-fn outcome(r: Result<Result<DoReply, ActorError>, ActorError>) -> RpcOutcome {
+/// An RPC message from JS: its bytes and the sinks its streams are pumped into.
+pub(crate) fn message_from_js(st: &IsolateState, bytes: &[u8], sinks: &[u32]) -> RpcMessage {
+    RpcMessage {
+        bytes: Bytes::copy_from_slice(bytes),
+        streams: sinks
+            .iter()
+            .map(|s| match crate::ops::take_sink_body(st, *s) {
+                Some(b) => crate::Body::new(b),
+                None => crate::Body::empty(),
+            })
+            .collect(),
+    }
+}
+
+/// An RPC message for JS: its bytes, and its streams parked as bodies JS reads by id.
+pub(crate) fn message_to_js(st: &IsolateState, m: RpcMessage) -> (ToJsBuffer, Vec<u32>) {
+    let ids = m
+        .streams
+        .into_iter()
+        .map(|body| {
+            let id = st.next_id();
+            st.bodies.borrow_mut().insert(id, body);
+            id
+        })
+        .collect();
+    (m.bytes.to_vec().into(), ids)
+}
+
+pub(crate) fn outcome(
+    st: &IsolateState,
+    r: Result<Result<DoReply, ActorError>, ActorError>,
+) -> RpcOutcome {
     match r.and_then(|x| x) {
-        Ok(DoReply::Rpc(bytes)) => RpcOutcome {
-            result: Some(bytes.to_vec().into()),
-            error: None,
-        },
+        Ok(DoReply::Rpc(m)) => {
+            let (bytes, streams) = message_to_js(st, m);
+            RpcOutcome {
+                result: Some(bytes),
+                streams,
+                error: None,
+            }
+        }
         Ok(_) => RpcOutcome {
             result: None,
+            streams: Vec::new(),
             error: Some(ActorError::new("the RPC receiver gave no result").into()),
         },
         Err(e) => RpcOutcome {
             result: None,
+            streams: Vec::new(),
             error: Some(crate::ops_do::CallError::remote(e)),
         },
     }
@@ -90,9 +127,10 @@ fn op_rpc_call_export(
     #[smi] caller: u32,
     in_cs: bool,
     #[buffer] message: JsBuffer,
+    #[serde] streams: Vec<u32>,
 ) -> impl Future<Output = Result<RpcOutcome, JsErrorBox>> {
-    let message = Bytes::copy_from_slice(&message);
     let prepared = isolate(state).and_then(|st| {
+        let message = message_from_js(&st, &message, &streams);
         let host = host(&st)?;
         let home = host
             .exports
@@ -100,13 +138,14 @@ fn op_rpc_call_export(
             .map_err(|_| JsErrorBox::generic("export table poisoned"))?
             .get(&id)
             .cloned();
-        Ok((st, host, home))
+        Ok((st, host, home, message))
     });
     async move {
-        let (st, host, home) = prepared?;
+        let (st, host, home, message) = prepared?;
         let Some(home) = home else {
             return Ok(RpcOutcome {
                 result: None,
+                streams: Vec::new(),
                 error: Some(
                     ActorError::new(
                         "RPC stub used after the call or event that created it ended (the value it referred to is gone).",
@@ -123,7 +162,7 @@ fn op_rpc_call_export(
             crate::thread::call_isolate(&host, home.thread, home.worker, event),
         )
         .await;
-        Ok(outcome(r))
+        Ok(outcome(&st, r))
     }
 }
 
@@ -137,9 +176,10 @@ fn op_rpc_call_service(
     #[smi] caller: u32,
     in_cs: bool,
     #[buffer] message: JsBuffer,
+    #[serde] streams: Vec<u32>,
 ) -> impl Future<Output = Result<RpcOutcome, JsErrorBox>> {
-    let message = Bytes::copy_from_slice(&message);
     let prepared = isolate(state).and_then(|st| {
+        let message = message_from_js(&st, &message, &streams);
         let host = host(&st)?;
         let b = st
             .worker
@@ -151,10 +191,10 @@ fn op_rpc_call_service(
             .ok_or_else(|| JsErrorBox::type_error(format!("no service binding {binding:?}")))?;
         let thread = cinder_core::Runtime::current_executor()
             .ok_or_else(|| JsErrorBox::generic("not on an executor thread"))?;
-        Ok((st, host, b, thread))
+        Ok((st, host, b, thread, message))
     });
     async move {
-        let (st, host, b, thread) = prepared?;
+        let (st, host, b, thread, message) = prepared?;
         let event = DoEvent::Entrypoint {
             entrypoint: b.entrypoint.clone(),
             message,
@@ -166,7 +206,7 @@ fn op_rpc_call_service(
             crate::thread::call_isolate(&host, thread, b.service.clone(), event),
         )
         .await;
-        Ok(outcome(r))
+        Ok(outcome(&st, r))
     }
 }
 

@@ -418,3 +418,12 @@ fn acknowledged_increments_survive_kill_9_and_none_is_acknowledged_twice() {
         "an acknowledged increment was lost"
     );
 }
+
+#[test]
+fn rpc_moves_readable_streams_both_ways() {
+    let server = start();
+    assert_eq!(
+        server.get_json("/rpc-streams?name=streams"),
+        json!({"sent": 100000, "received": 50000})
+    );
+}

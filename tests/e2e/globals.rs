@@ -65,6 +65,10 @@ fn request_url_is_absolute_and_body_arrives() {
     assert_eq!(v["method"], "POST");
     assert_eq!(v["ip"], "127.0.0.1");
     assert_eq!(v["body"], "hello body");
+    assert_eq!(
+        v["cf"],
+        serde_json::json!({"colo": "LCL", "country": "XX", "ok": true})
+    );
 }
 
 #[test]

@@ -23,6 +23,13 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A project under `examples/`: the examples are tested as shipped.
+pub fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+}
+
 pub fn cinder() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cinder"))
 }

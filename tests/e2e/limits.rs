@@ -35,8 +35,25 @@ fn infinite_loop_is_stopped_with_a_5xx() {
         let url = server.url("/loop");
         thread::spawn(move || client().get(url).send().map(|r| r.status()))
     };
-    // The other script answers while the loop runs (or right after it is stopped).
-    assert_eq!(server.get("/good").status(), 200);
+    // The other script answers while the loop runs (or right after it is stopped). A `/good`
+    // request that lands in the looping isolate before the loop starts is parked on its service
+    // call when the isolate is stopped: that one is reset with the neighbour's reason, as on
+    // Cloudflare, and the next one is served.
+    let mut served = false;
+    for _ in 0..10 {
+        let good = server.get("/good");
+        if good.status() == 200 {
+            served = true;
+            break;
+        }
+        let (status, text) = (good.status(), good.text().unwrap_or_default());
+        assert!(
+            status == 503 && text.contains("another request in the same isolate exceeded the CPU"),
+            "/good answered {status}: {text}\n{}",
+            server.stderr()
+        );
+    }
+    assert!(served, "/good never answered 200:\n{}", server.stderr());
     let status = looping
         .join()
         .unwrap()

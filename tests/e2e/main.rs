@@ -5,6 +5,8 @@
 
 mod harness;
 
+mod browser;
+mod chat;
 mod cli;
 mod config;
 mod durable;
@@ -14,6 +16,7 @@ mod lifecycle;
 mod limits;
 mod outbound;
 mod r2;
+mod ratelimit;
 mod rules;
 mod scheduled;
 mod services;
