@@ -251,6 +251,131 @@ fn objects_survive_a_restart() {
     assert_eq!(resp.text().unwrap(), "still here");
 }
 
+/// The bytes of object `key` in the crash test: a pattern seeded by the key, so a body that
+/// mixes two uploads or stops short is caught.
+fn crash_body(key: &str, len: usize) -> Vec<u8> {
+    let seed = key
+        .bytes()
+        .fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    (0..len as u64)
+        .map(|i| (seed.wrapping_add(i.wrapping_mul(131)) % 251) as u8)
+        .collect()
+}
+
+/// Reads `key` through the worker: `None` when it is absent.
+fn read_back(server: &Server, key: &str) -> Option<Vec<u8>> {
+    let resp = server.get(&format!("/obj/{key}"));
+    match resp.status().as_u16() {
+        404 => None,
+        200 => Some(resp.bytes().expect("body").to_vec()),
+        other => panic!("GET {key}: {other}: {}", resp.text().unwrap_or_default()),
+    }
+}
+
+#[test]
+fn kill_9_during_puts_loses_no_acknowledged_object_and_shows_no_partial_one() {
+    use rand::Rng;
+    let state = tempfile::tempdir().unwrap();
+    let args = [r2_fixture()];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut rng = rand::rng();
+    // Every key a client started to upload, and whether the worker acknowledged it.
+    let mut tried: Vec<(String, usize, bool)> = Vec::new();
+    for round in 0..4 {
+        let server = Server::start_in(state.path(), &args);
+        for (key, len, acked) in &tried {
+            match read_back(&server, key) {
+                Some(got) => assert!(
+                    got == crash_body(key, *len),
+                    "round {round}: {key} is visible with {} bytes of {len} or wrong content",
+                    got.len()
+                ),
+                None => assert!(!acked, "round {round}: acknowledged {key} was lost"),
+            }
+        }
+        // Kill once the clients together got this many answers: a random moment that does not
+        // depend on timing, most likely in the middle of some upload.
+        let kill_after = rng.random_range(3..25);
+        let (tx, rx) = std::sync::mpsc::channel::<(String, usize, bool)>();
+        let clients: Vec<_> = (0..3)
+            .map(|c| {
+                let (base, tx) = (server.base.clone(), tx.clone());
+                let lens: Vec<usize> = (0..200)
+                    .map(|_| rand::rng().random_range(1..3 << 20))
+                    .collect();
+                std::thread::spawn(move || {
+                    let client = client();
+                    for (seq, len) in lens.into_iter().enumerate() {
+                        let key = format!("crash/{round}-{c}-{seq}");
+                        // Reported before the upload starts, so a cut-off one is checked too.
+                        if tx.send((key.clone(), len, false)).is_err() {
+                            return;
+                        }
+                        let resp = client
+                            .put(format!("{base}/obj/{key}"))
+                            .body(crash_body(&key, len))
+                            .send();
+                        let Ok(resp) = resp else { return };
+                        if resp.status() != 200 {
+                            return;
+                        }
+                        let Ok(o) = resp.json::<serde_json::Value>() else {
+                            return;
+                        };
+                        assert_eq!(o["size"], len as u64, "{key}: {o}");
+                        if tx.send((key, len, true)).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let mut acks = 0;
+        while acks < kill_after {
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(report) => {
+                    acks += report.2 as usize;
+                    tried.push(report);
+                }
+                Err(e) => panic!("round {round}: clients stopped answering: {e}"),
+            }
+        }
+        drop(server); // SIGKILL
+        for c in clients {
+            c.join().expect("client thread");
+        }
+        tried.extend(rx.try_iter());
+        // A key reported twice (started, then acknowledged) counts as acknowledged.
+        tried.sort_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2)));
+        tried.dedup_by(|a, b| a.0 == b.0);
+    }
+    let server = Server::start_in(state.path(), &args);
+    let acked = tried.iter().filter(|t| t.2).count();
+    let mut visible = 0;
+    for (key, len, acked) in &tried {
+        match read_back(&server, key) {
+            Some(got) => {
+                assert!(
+                    got == crash_body(key, *len),
+                    "{key}: partial or wrong content"
+                );
+                visible += 1;
+            }
+            None => assert!(!acked, "acknowledged {key} was lost"),
+        }
+    }
+    eprintln!(
+        "r2 kill -9: {} puts started, {acked} acknowledged, {visible} visible after the kills",
+        tried.len()
+    );
+    assert!(acked >= 12, "{acked} acknowledged puts");
+    assert!(visible >= acked);
+    // The listing agrees with the reads: nothing half-written is listed either.
+    let listed = server.get_json("/list/crash/");
+    assert_eq!(listed.as_u64(), Some(visible as u64), "{listed}");
+}
+
 /// The "S3 API on http://ADDR ..." line `cinder dev` prints before "Ready on".
 fn s3_endpoint(server: &Server) -> String {
     let out = server.stdout();
