@@ -1,7 +1,8 @@
 //! R2 bucket bindings (`r2_buckets`) and the S3 endpoint of `cinder dev --s3-port`, against the
 //! real binary: the binding's conformance suite (tests/fixtures/r2), a large object streamed
 //! through a worker with the server's memory bounded, a Durable Object using a bucket, state
-//! across a restart, and boto3 sharing the buckets with the worker.
+//! across a restart, kill -9 during puts, and boto3 and the aws CLI sharing the buckets with
+//! the worker.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -386,18 +387,27 @@ fn s3_endpoint(server: &Server) -> String {
     line.split_whitespace().next().expect("address").to_string()
 }
 
-fn require_boto3() {
+fn require_s3_clients() {
     let ok = Command::new("python3")
         .args(["-c", "import boto3"])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
     assert!(ok, "boto3 is needed: run scripts/install-s3-test-deps");
+    let aws = Command::new("aws")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        aws,
+        "the aws CLI is needed: run scripts/install-s3-test-deps"
+    );
 }
 
 #[test]
 fn s3_endpoint_shares_the_buckets_with_the_worker() {
-    require_boto3();
+    require_s3_clients();
     let server = Server::start(&[
         &r2_fixture(),
         "--s3-port",
