@@ -3,12 +3,14 @@
 //!
 //! Keys we do not know produce a warning naming the key and never fail the load, because real
 //! projects carry deploy-only keys and keys newer than this reader. Bindings we do not run yet
-//! (KV, R2, D1, ...) warn "not supported yet" and are left out of `env`.
+//! (KV, D1, ...) warn "not supported yet" and are left out of `env`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cinder_stateless::{DurableObjectBinding, ModuleKind, ModuleRule, ServiceBinding, WorkerSpec};
+use cinder_stateless::{
+    DurableObjectBinding, ModuleKind, ModuleRule, R2BucketBinding, ServiceBinding, WorkerSpec,
+};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -483,13 +485,34 @@ fn build(
         None => Vec::new(),
     };
 
-    warn_unsupported_bindings(
-        path,
-        &raw.kv_namespaces,
-        &raw.r2_buckets,
-        &raw.d1_databases,
-        &mut warnings,
-    );
+    let mut r2_buckets: Vec<R2BucketBinding> = Vec::new();
+    for (i, b) in raw.r2_buckets.iter().flatten().enumerate() {
+        let text = |key: &str| b.get(key).and_then(Value::as_str).map(str::to_string);
+        let Some(binding) = text("binding").filter(|s| !s.is_empty()) else {
+            return Err(invalid(format!("r2_buckets[{i}] needs `binding`")));
+        };
+        // Locally the bucket is `bucket_name` (as wrangler dev does), or the binding's name
+        // when the config leaves it to be provisioned on deploy.
+        let bucket_name = text("bucket_name")
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| binding.clone());
+        if bucket_name.len() > 255 || bucket_name.chars().any(|c| c == '/' || c.is_control()) {
+            return Err(invalid(format!(
+                "r2_buckets[{i}]: bucket_name {bucket_name:?} is not a valid bucket name"
+            )));
+        }
+        if r2_buckets.iter().any(|x| x.binding == binding) {
+            return Err(invalid(format!(
+                "r2_buckets[{i}]: binding {binding:?} is defined twice"
+            )));
+        }
+        r2_buckets.push(R2BucketBinding {
+            binding,
+            bucket_name,
+        });
+    }
+
+    warn_unsupported_bindings(path, &raw.kv_namespaces, &raw.d1_databases, &mut warnings);
     let others = [
         ("queues", raw.queues.is_some()),
         (
@@ -537,6 +560,7 @@ fn build(
             crons,
             durable_objects,
             classes: Vec::new(),
+            r2_buckets,
         },
         migrations,
         no_bundle: raw
@@ -553,7 +577,6 @@ fn build(
 fn warn_unsupported_bindings(
     path: &Path,
     kv: &Option<BindingList>,
-    r2: &Option<BindingList>,
     d1: &Option<BindingList>,
     warnings: &mut Vec<String>,
 ) {
@@ -568,9 +591,8 @@ fn warn_unsupported_bindings(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let groups: [(&str, Option<&BindingList>, &str); 3] = [
+    let groups: [(&str, Option<&BindingList>, &str); 2] = [
         ("KV namespace", kv.as_ref(), "binding"),
-        ("R2 bucket", r2.as_ref(), "binding"),
         ("D1 database", d1.as_ref(), "binding"),
     ];
     for (what, list, key) in groups {
@@ -814,11 +836,19 @@ database_id = "x"
         ]);
         let cfg = load_dir(dir.path(), None).unwrap();
         let all = cfg.warnings.join("\n");
-        for needle in ["env.CACHE", "env.FILES", "env.DB"] {
+        for needle in ["env.CACHE", "env.DB"] {
             assert!(all.contains(needle), "missing {needle:?} in {all}");
         }
         assert!(!all.contains("unknown key"), "{all}");
         assert!(!all.contains("COUNTER"), "{all}");
+        assert!(!all.contains("FILES"), "R2 buckets are supported: {all}");
+        assert_eq!(
+            cfg.spec.r2_buckets,
+            vec![R2BucketBinding {
+                binding: "FILES".into(),
+                bucket_name: "files".into(),
+            }]
+        );
         assert_eq!(
             cfg.spec.durable_objects,
             vec![DurableObjectBinding {
@@ -831,6 +861,43 @@ database_id = "x"
             cfg.migrations[0].new_sqlite_classes,
             vec!["Counter".to_string()]
         );
+    }
+
+    #[test]
+    fn r2_buckets_default_to_the_binding_name_and_need_a_binding() {
+        let dir = project(&[
+            MAIN,
+            (
+                "wrangler.jsonc",
+                r#"{
+  "name": "a",
+  "main": "src/index.js",
+  "r2_buckets": [
+    { "binding": "ASSETS", "bucket_name": "assets", "preview_bucket_name": "assets-dev", "jurisdiction": "eu" },
+    { "binding": "UPLOADS" },
+  ],
+}"#,
+            ),
+        ]);
+        let cfg = load_dir(dir.path(), None).unwrap();
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        let names: Vec<(&str, &str)> = cfg
+            .spec
+            .r2_buckets
+            .iter()
+            .map(|b| (b.binding.as_str(), b.bucket_name.as_str()))
+            .collect();
+        assert_eq!(names, vec![("ASSETS", "assets"), ("UPLOADS", "UPLOADS")]);
+
+        let dir = project(&[
+            MAIN,
+            (
+                "wrangler.toml",
+                "name = \"a\"\nmain = \"src/index.js\"\n[[r2_buckets]]\nbucket_name = \"x\"\n",
+            ),
+        ]);
+        let err = load_dir(dir.path(), None).unwrap_err().to_string();
+        assert!(err.contains("r2_buckets[0] needs `binding`"), "{err}");
     }
 
     #[test]

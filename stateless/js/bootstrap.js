@@ -569,6 +569,7 @@
     for (const [name, value] of spec.vars) env[name] = value;
     for (const [name] of spec.services) env[name] = serviceBinding(name);
     internals.durable?.addBindings(env, spec);
+    internals.r2?.addBindings(env, spec);
     return env;
   }
 

@@ -64,6 +64,7 @@ mod loader;
 mod netguard;
 mod ops;
 mod ops_do;
+mod ops_r2;
 mod ops_rpc;
 mod ops_ws;
 mod snapshot;
@@ -108,6 +109,17 @@ pub struct WorkerSpec {
     /// The Durable Object classes this worker exports that its migrations declared (or that
     /// the gateway declared for it, as `wrangler dev` does for a bound class without one).
     pub classes: Vec<DurableObjectClass>,
+    /// `r2_buckets`: `env.<binding>` is an `R2Bucket` over a bucket of this node's R2 storage.
+    pub r2_buckets: Vec<R2BucketBinding>,
+}
+
+/// One `[[r2_buckets]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct R2BucketBinding {
+    pub binding: String,
+    /// The bucket (created at start when missing). Workers naming the same bucket share it,
+    /// and the S3 endpoint serves it under this name.
+    pub bucket_name: String,
 }
 
 /// One `[[durable_objects.bindings]]` entry.
@@ -185,6 +197,10 @@ pub struct HostConfig {
     /// How long an object whose only connections are hibernatable WebSockets stays in memory
     /// without events.
     pub hibernate_after: std::time::Duration,
+    /// Open R2 storage (under `<state_dir>/r2`) even when no worker binds a bucket: the
+    /// gateway's S3 endpoint serves it through [`Host::r2`]. Workers with `r2_buckets` open it
+    /// anyway.
+    pub enable_r2: bool,
 }
 
 /// Cloudflare's hibernation delay.
@@ -200,6 +216,7 @@ impl Default for HostConfig {
             state_dir: None,
             durability: Durability::Fsync,
             hibernate_after: DEFAULT_HIBERNATE_AFTER,
+            enable_r2: false,
         }
     }
 }

@@ -34,12 +34,13 @@ pub(crate) fn extensions() -> Vec<Extension> {
         crate::ops_do::cinder_do::init(),
         crate::ops_rpc::cinder_rpc::init(),
         crate::ops_ws::cinder_ws::init(),
+        crate::ops_r2::cinder_r2_binding::init(),
     ]
 }
 
 /// The isolate's JS, run in this order while the snapshot is built: the Web-API globals and
-/// stateless events, JS RPC, Durable Objects.
-const SCRIPTS: [(&str, &str); 4] = [
+/// stateless events, JS RPC, Durable Objects, WebSockets, R2 bindings.
+const SCRIPTS: [(&str, &str); 5] = [
     (
         "ext:cinder/bootstrap.js",
         include_str!("../js/bootstrap.js"),
@@ -50,6 +51,7 @@ const SCRIPTS: [(&str, &str); 4] = [
         "ext:cinder/websocket.js",
         include_str!("../js/websocket.js"),
     ),
+    ("ext:cinder/r2.js", include_str!("../js/r2.js")),
 ];
 
 fn build() -> Result<&'static [u8], String> {
