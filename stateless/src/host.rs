@@ -451,12 +451,7 @@ impl Host {
     /// already connected.
     pub fn socket_link(&self, id: u64) -> Option<crate::websocket::SocketLink> {
         let socket = self.inner.sockets.get(id)?;
-        let outgoing = socket.state.lock().ok()?.out_rx.take()?;
-        Some(crate::websocket::SocketLink {
-            socket,
-            host: Arc::downgrade(&self.inner),
-            outgoing,
-        })
+        crate::websocket::SocketLink::connect(socket, Arc::downgrade(&self.inner))
     }
 
     /// Open WebSockets on this node.

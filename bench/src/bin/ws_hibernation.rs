@@ -1,10 +1,13 @@
 //! Hibernated WebSockets: opens many sockets to rooms of hibernatable Durable Objects
 //! (bench/workers/hibernate), lets the rooms hibernate, and reports the server's RSS per
-//! socket and the latency of a message that wakes a room.
+//! socket and the latency of a message that wakes a room. RSS is read after every room exists
+//! (`rss_warm`), at half the sockets and at all of them, each time after the rooms hibernated:
+//! `bytes_per_hibernated_socket` is (all − warm) / sockets, `marginal_bytes_per_socket` is
+//! (all − half) / (the second half), which leaves out growth that does not scale with sockets.
 //!
 //! ```sh
 //! ulimit -n 1048576
-//! cinder dev bench/workers/hibernate --port 8800 --hibernate-after-ms 2000 &
+//! cinder dev bench/workers/hibernate --port 8800 &
 //! cargo run --release -p cinder-bench --bin ws_hibernation -- --port 8800 --pid $! --sockets 50000
 //! ```
 //! Connections come from several loopback source addresses (127.0.0.1, .2, ...) so that 50,000
@@ -37,7 +40,7 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     source_ips: u8,
     /// How long to wait for the rooms to hibernate (longer than the server's hibernation delay).
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 15)]
     idle_secs: u64,
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
@@ -78,16 +81,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-#[tokio::main]
-async fn main() {
-    let a = Args::parse();
-    let rss0 = rss_kib(a.pid);
-    let started = Instant::now();
-    let mut sockets: Vec<Option<Ws>> = Vec::with_capacity(a.sockets);
-    let mut failed = 0usize;
-    let mut next = 0usize;
-    while next < a.sockets {
-        let batch: Vec<_> = (next..(next + a.concurrency).min(a.sockets))
+async fn open_many(
+    a: &Args,
+    range: std::ops::Range<usize>,
+    sockets: &mut Vec<Option<Ws>>,
+    failed: &mut usize,
+) {
+    let mut next = range.start;
+    while next < range.end {
+        let batch: Vec<_> = (next..(next + a.concurrency).min(range.end))
             .map(|i| {
                 let source = Ipv4Addr::new(127, 0, 0, 1 + (i % a.source_ips.max(1) as usize) as u8);
                 open(a.port, source, i % a.rooms)
@@ -98,8 +100,8 @@ async fn main() {
             match r {
                 Ok(ws) => sockets.push(Some(ws)),
                 Err(e) => {
-                    failed += 1;
-                    if failed <= 3 {
+                    *failed += 1;
+                    if *failed <= 3 {
                         eprintln!("connect failed: {e}");
                     }
                     sockets.push(None);
@@ -107,6 +109,42 @@ async fn main() {
             }
         }
     }
+}
+
+/// Sends one message on a socket and waits for the room's echo; the round trip.
+async fn round_trip(ws: &mut Ws, text: String) -> Option<Duration> {
+    let t0 = Instant::now();
+    ws.send(Message::Text(text.into())).await.ok()?;
+    while let Some(Ok(m)) = ws.next().await {
+        if matches!(m, Message::Text(_)) {
+            return Some(t0.elapsed());
+        }
+    }
+    None
+}
+
+#[tokio::main]
+async fn main() {
+    let a = Args::parse();
+    let rss_start = rss_kib(a.pid);
+    let started = Instant::now();
+    let mut sockets: Vec<Option<Ws>> = Vec::with_capacity(a.sockets);
+    let mut failed = 0usize;
+    // Every room exists once (and each server has made its isolates) before anything is
+    // measured, so the figures below are what sockets cost, not what start-up costs.
+    open_many(&a, 0..a.rooms.min(a.sockets), &mut sockets, &mut failed).await;
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        if let Some(ws) = ws {
+            round_trip(ws, format!("warm {i}")).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(a.idle_secs)).await;
+    let rss_warm = rss_kib(a.pid);
+    let half = a.rooms.max(a.sockets / 2).min(a.sockets);
+    open_many(&a, sockets.len()..half, &mut sockets, &mut failed).await;
+    tokio::time::sleep(Duration::from_secs(a.idle_secs)).await;
+    let rss_half = rss_kib(a.pid);
+    open_many(&a, half..a.sockets, &mut sockets, &mut failed).await;
     let connect_secs = started.elapsed().as_secs_f64();
     let open = sockets.iter().filter(|s| s.is_some()).count();
     let rss_open = rss_kib(a.pid);
@@ -116,22 +154,20 @@ async fn main() {
     // Wake rooms one at a time: each message goes to a hibernated room's first socket.
     let mut wakes = Vec::new();
     for room in 0..a.wake_samples.min(a.rooms) {
-        let Some(Some(ws)) = sockets.get_mut(room) else { continue };
-        let t0 = Instant::now();
-        if ws.send(Message::Text(format!("wake {room}").into())).await.is_err() {
+        let Some(Some(ws)) = sockets.get_mut(room) else {
             continue;
-        }
-        while let Some(Ok(m)) = ws.next().await {
-            if matches!(m, Message::Text(_)) {
-                wakes.push(t0.elapsed());
-                break;
-            }
+        };
+        if let Some(t) = round_trip(ws, format!("wake {room}")).await {
+            wakes.push(t);
         }
     }
     wakes.sort();
-    let per_socket = (rss_idle.saturating_sub(rss0) as f64 * 1024.0) / open.max(1) as f64;
+    let per_socket = (rss_idle.saturating_sub(rss_warm) as f64 * 1024.0)
+        / open.saturating_sub(a.rooms).max(1) as f64;
+    let marginal =
+        (rss_idle.saturating_sub(rss_half) as f64 * 1024.0) / (a.sockets - half).max(1) as f64;
     println!(
-        "{{\"sockets\": {open}, \"failed\": {failed}, \"connect_secs\": {connect_secs:.1}, \"rss_before_kib\": {rss0}, \"rss_open_kib\": {rss_open}, \"rss_hibernated_kib\": {rss_idle}, \"bytes_per_hibernated_socket\": {per_socket:.0}, \"wake_samples\": {}, \"wake_p50_ms\": {:.3}, \"wake_p99_ms\": {:.3}}}",
+        "{{\"sockets\": {open}, \"failed\": {failed}, \"connect_secs\": {connect_secs:.1}, \"rss_start_kib\": {rss_start}, \"rss_warm_kib\": {rss_warm}, \"rss_half_kib\": {rss_half}, \"rss_open_kib\": {rss_open}, \"rss_hibernated_kib\": {rss_idle}, \"bytes_per_hibernated_socket\": {per_socket:.0}, \"marginal_bytes_per_socket\": {marginal:.0}, \"wake_samples\": {}, \"wake_p50_ms\": {:.3}, \"wake_p99_ms\": {:.3}}}",
         wakes.len(),
         percentile(&wakes, 0.5).as_secs_f64() * 1e3,
         percentile(&wakes, 0.99).as_secs_f64() * 1e3,
