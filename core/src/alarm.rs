@@ -123,7 +123,7 @@ impl AlarmScheduler {
                 },
                 reply: Some(tx),
             });
-            tokio::task::spawn_local(watch(self.clone(), exec.cfg(), p, rx));
+            crate::executor::spawn_local(watch(self.clone(), exec.cfg(), p, rx));
         }
     }
 }

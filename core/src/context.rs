@@ -237,7 +237,7 @@ impl ActorContext {
         if self.inner.is_broken() {
             return;
         }
-        let handle = tokio::task::spawn_local(f);
+        let handle = crate::executor::spawn_local(f);
         let mut tasks = self.inner.tasks.borrow_mut();
         tasks.retain(|t| !t.is_finished());
         tasks.push(handle.abort_handle());
@@ -274,7 +274,7 @@ impl ActorContext {
             // Not an instance task: once its batch is queued, the flush must see the commit
             // through even if the instance is reset meanwhile (the slot waits for it before it
             // activates a new instance, and its alarm change must still reach the scheduler).
-            tokio::task::spawn_local(self.clone().flush_turn());
+            crate::executor::spawn_local(self.clone().flush_turn());
         }
     }
 

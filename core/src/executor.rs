@@ -90,6 +90,23 @@ thread_local! {
     /// The executor running on this thread, with its runtime's identity and index: lets a
     /// stub used on its object's own thread dispatch without a channel hop.
     static CURRENT: RefCell<Option<(u64, usize, Weak<Executor>)>> = const { RefCell::new(None) };
+    /// The executor's task set. A host may poll futures in tasks it spawned on the thread's
+    /// runtime outside the set (deno_core drives async ops that way); `tokio::task::spawn_local`
+    /// panics there, so core spawns through [`spawn_local`], which reaches the set from both.
+    static TASKS: RefCell<Option<Rc<tokio::task::LocalSet>>> = const { RefCell::new(None) };
+}
+
+/// Spawns a task of this executor thread: onto its `LocalSet` from anywhere on the thread (on a
+/// thread that is not an executor, onto the `LocalSet` the caller runs in).
+pub(crate) fn spawn_local<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + 'static,
+    F::Output: 'static,
+{
+    match TASKS.with(|t| t.borrow().clone()) {
+        Some(set) => set.spawn_local(future),
+        None => tokio::task::spawn_local(future),
+    }
 }
 
 /// Whether the calling thread is an executor thread (blocking on the runtime there deadlocks).
@@ -149,7 +166,8 @@ pub(crate) fn run_thread(
             return;
         }
     };
-    let local = tokio::task::LocalSet::new();
+    let local = Rc::new(tokio::task::LocalSet::new());
+    TASKS.with(|t| *t.borrow_mut() = Some(local.clone()));
     local.block_on(&rt, async move {
         if let Some(hook) = &cfg.on_thread_start {
             hook(index).await;
@@ -164,7 +182,7 @@ pub(crate) fn run_thread(
             serial: Cell::new(0),
         });
         CURRENT.with(|c| *c.borrow_mut() = Some((runtime, index, Rc::downgrade(&exec))));
-        tokio::task::spawn_local(exec.alarms.clone().run(Rc::downgrade(&exec)));
+        spawn_local(exec.alarms.clone().run(Rc::downgrade(&exec)));
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Command::Event(env) => exec.dispatch(env),
@@ -202,6 +220,7 @@ pub(crate) fn run_thread(
         drop(objects);
         CURRENT.with(|c| c.borrow_mut().take());
     });
+    TASKS.with(|t| t.borrow_mut().take());
 }
 
 impl Executor {
@@ -229,7 +248,7 @@ impl Executor {
                         exec: Rc::downgrade(self),
                         flushes: RefCell::new(VecDeque::new()),
                     });
-                    tokio::task::spawn_local(object_loop(slot.clone()));
+                    spawn_local(object_loop(slot.clone()));
                     slot
                 })
                 .clone()

@@ -1322,6 +1322,31 @@ async fn host_hooks_and_tasks_run_on_the_executor_threads() {
     )
     .unwrap();
     assert_eq!(within("local stub", rx).await.unwrap().unwrap(), "pong");
+    // A host may drive its futures in tasks spawned on the thread's runtime outside the
+    // LocalSet (deno_core polls async ops that way): a local stub call from there that brings
+    // an object to life still lands in the executor's task set.
+    let stub = rt
+        .namespace("barrier")
+        .unwrap()
+        .get_by_name("outside-the-local-set");
+    let home = rt.executor_for(stub.id());
+    let (tx, rx) = oneshot::channel();
+    rt.run_on(
+        home,
+        Box::new(move || {
+            tokio::spawn(async move {
+                let _ = tx.send(text(&stub, "/").await);
+            });
+        }),
+    )
+    .unwrap();
+    assert_eq!(
+        within("local stub outside the LocalSet", rx)
+            .await
+            .unwrap()
+            .unwrap(),
+        "pong"
+    );
     let rt2 = rt.clone();
     tokio::task::spawn_blocking(move || rt2.shutdown())
         .await

@@ -30,6 +30,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a wrangler project locally (like `wrangler dev`).
@@ -145,7 +147,10 @@ const DEV_HELP: &str = "Examples:\n  \
   cinder dev examples/hello --port 8080      another project, another port\n  \
   cinder dev -c a/wrangler.toml -c b/wrangler.toml\n                                             \
   two workers in one run; `a` serves HTTP, `b` answers service bindings\n  \
-  cinder dev --test-scheduled                then: curl 'http://127.0.0.1:8787/__scheduled?cron=*+*+*+*+*'\n\n\
+  cinder dev --test-scheduled                then: curl 'http://127.0.0.1:8787/__scheduled?cron=*+*+*+*+*'\n  \
+  cinder dev --s3-port 9000                  also serve the R2 buckets over the S3 API:\n                                             \
+  aws --endpoint-url http://127.0.0.1:9000 s3 ls s3://<bucket_name>\n                                             \
+  (credentials: AWS_ACCESS_KEY_ID=cinder AWS_SECRET_ACCESS_KEY=cinder-secret)\n\n\
 Secrets: put KEY=value lines in `.dev.vars` next to wrangler.toml; they appear in `env` like vars.\n\
 Logging: RUST_LOG=info (default), RUST_LOG=debug, RUST_LOG=cinder=trace.\n\
 Stop with Ctrl-C: in-flight requests finish first.";
@@ -207,7 +212,26 @@ pub struct DevArgs {
     /// Extra string var for the primary worker, as KEY:VALUE (repeatable).
     #[arg(long = "var", value_name = "KEY:VALUE", value_parser = parse_var)]
     pub vars: Vec<(String, String)>,
+
+    /// Serve the R2 buckets (`r2_buckets`) over an S3-compatible API on this port, on the same
+    /// address as the worker (0 picks a free one). Off unless given. Requests must be signed
+    /// with AWS Signature V4 (headers or presigned URLs) using the credentials below; the
+    /// region is `auto` (`us-east-1` works too).
+    #[arg(long, value_name = "PORT")]
+    pub s3_port: Option<u16>,
+
+    /// Access key id S3 clients sign with.
+    #[arg(long, value_name = "ID", default_value = DEFAULT_S3_ACCESS_KEY_ID, requires = "s3_port")]
+    pub s3_access_key_id: String,
+
+    /// Secret access key S3 clients sign with.
+    #[arg(long, value_name = "SECRET", default_value = DEFAULT_S3_SECRET_ACCESS_KEY, requires = "s3_port")]
+    pub s3_secret_access_key: String,
 }
+
+/// Credentials the S3 endpoint accepts when none are given: for local development only.
+pub const DEFAULT_S3_ACCESS_KEY_ID: &str = "cinder";
+pub const DEFAULT_S3_SECRET_ACCESS_KEY: &str = "cinder-secret";
 
 fn parse_var(s: &str) -> Result<(String, String), String> {
     match s.split_once(':') {
@@ -304,5 +328,30 @@ mod tests {
         assert!(d.allow_private_fetch);
         assert_eq!(d.threads, Some(2));
         assert_eq!(d.vars, vec![("A".to_string(), "b:c".to_string())]);
+        assert_eq!(d.s3_port, None);
+        assert_eq!(d.s3_access_key_id, DEFAULT_S3_ACCESS_KEY_ID);
+    }
+
+    #[test]
+    fn s3_flags_parse_and_credentials_need_the_port() {
+        let cli = Cli::try_parse_from([
+            "cinder",
+            "dev",
+            "--s3-port",
+            "9000",
+            "--s3-access-key-id",
+            "id",
+            "--s3-secret-access-key",
+            "secret",
+        ])
+        .unwrap();
+        let Command::Dev(d) = cli.command else {
+            panic!("not dev")
+        };
+        assert_eq!(d.s3_port, Some(9000));
+        assert_eq!(d.s3_access_key_id, "id");
+        assert_eq!(d.s3_secret_access_key, "secret");
+        let err = Cli::try_parse_from(["cinder", "dev", "--s3-access-key-id", "id"]).unwrap_err();
+        assert!(err.to_string().contains("--s3-port"), "{err}");
     }
 }

@@ -3,13 +3,14 @@
 //!
 //! Keys we do not know produce a warning naming the key and never fail the load, because real
 //! projects carry deploy-only keys and keys newer than this reader. Bindings we do not run yet
-//! (KV, R2, ...) warn "not supported yet" and are left out of `env`.
+//! (KV, ...) warn "not supported yet" and are left out of `env`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use cinder_stateless::{
-    D1DatabaseBinding, DurableObjectBinding, ModuleKind, ModuleRule, ServiceBinding, WorkerSpec,
+    D1DatabaseBinding, DurableObjectBinding, ModuleKind, ModuleRule, R2BucketBinding,
+    ServiceBinding, WorkerSpec,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -512,7 +513,34 @@ fn build(
     };
 
     let d1 = d1_databases(raw.d1_databases.as_deref().unwrap_or_default()).map_err(invalid)?;
-    warn_unsupported_bindings(path, &raw.kv_namespaces, &raw.r2_buckets, &mut warnings);
+    let mut r2_buckets: Vec<R2BucketBinding> = Vec::new();
+    for (i, b) in raw.r2_buckets.iter().flatten().enumerate() {
+        let text = |key: &str| b.get(key).and_then(Value::as_str).map(str::to_string);
+        let Some(binding) = text("binding").filter(|s| !s.is_empty()) else {
+            return Err(invalid(format!("r2_buckets[{i}] needs `binding`")));
+        };
+        // Locally the bucket is `bucket_name` (as wrangler dev does), or the binding's name
+        // when the config leaves it to be provisioned on deploy.
+        let bucket_name = text("bucket_name")
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| binding.clone());
+        if bucket_name.len() > 255 || bucket_name.chars().any(|c| c == '/' || c.is_control()) {
+            return Err(invalid(format!(
+                "r2_buckets[{i}]: bucket_name {bucket_name:?} is not a valid bucket name"
+            )));
+        }
+        if r2_buckets.iter().any(|x| x.binding == binding) {
+            return Err(invalid(format!(
+                "r2_buckets[{i}]: binding {binding:?} is defined twice"
+            )));
+        }
+        r2_buckets.push(R2BucketBinding {
+            binding,
+            bucket_name,
+        });
+    }
+
+    warn_unsupported_bindings(path, &raw.kv_namespaces, &mut warnings);
     let others = [
         ("queues", raw.queues.is_some()),
         (
@@ -567,6 +595,7 @@ fn build(
                     database: d.key(),
                 })
                 .collect(),
+            r2_buckets,
         },
         migrations,
         d1,
@@ -606,12 +635,7 @@ fn d1_databases(list: &[BTreeMap<String, Value>]) -> Result<Vec<D1Config>, Strin
     Ok(out)
 }
 
-fn warn_unsupported_bindings(
-    path: &Path,
-    kv: &Option<BindingList>,
-    r2: &Option<BindingList>,
-    warnings: &mut Vec<String>,
-) {
+fn warn_unsupported_bindings(path: &Path, kv: &Option<BindingList>, warnings: &mut Vec<String>) {
     let binding_names = |list: &[BTreeMap<String, Value>], key: &str| -> String {
         list.iter()
             .map(|b| {
@@ -623,10 +647,8 @@ fn warn_unsupported_bindings(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let groups: [(&str, Option<&BindingList>, &str); 2] = [
-        ("KV namespace", kv.as_ref(), "binding"),
-        ("R2 bucket", r2.as_ref(), "binding"),
-    ];
+    let groups: [(&str, Option<&BindingList>, &str); 1] =
+        [("KV namespace", kv.as_ref(), "binding")];
     for (what, list, key) in groups {
         if let Some(list) = list.filter(|l| !l.is_empty()) {
             warnings.push(format!(
@@ -868,9 +890,7 @@ database_id = "x"
         ]);
         let cfg = load_dir(dir.path(), None).unwrap();
         let all = cfg.warnings.join("\n");
-        for needle in ["env.CACHE", "env.FILES"] {
-            assert!(all.contains(needle), "missing {needle:?} in {all}");
-        }
+        assert!(all.contains("env.CACHE"), "missing env.CACHE in {all}");
         assert!(!all.contains("env.DB"), "D1 is supported: {all}");
         assert_eq!(
             cfg.spec.d1_databases,
@@ -881,6 +901,14 @@ database_id = "x"
         );
         assert!(!all.contains("unknown key"), "{all}");
         assert!(!all.contains("COUNTER"), "{all}");
+        assert!(!all.contains("FILES"), "R2 buckets are supported: {all}");
+        assert_eq!(
+            cfg.spec.r2_buckets,
+            vec![R2BucketBinding {
+                binding: "FILES".into(),
+                bucket_name: "files".into(),
+            }]
+        );
         assert_eq!(
             cfg.spec.durable_objects,
             vec![DurableObjectBinding {
@@ -893,6 +921,43 @@ database_id = "x"
             cfg.migrations[0].new_sqlite_classes,
             vec!["Counter".to_string()]
         );
+    }
+
+    #[test]
+    fn r2_buckets_default_to_the_binding_name_and_need_a_binding() {
+        let dir = project(&[
+            MAIN,
+            (
+                "wrangler.jsonc",
+                r#"{
+  "name": "a",
+  "main": "src/index.js",
+  "r2_buckets": [
+    { "binding": "ASSETS", "bucket_name": "assets", "preview_bucket_name": "assets-dev", "jurisdiction": "eu" },
+    { "binding": "UPLOADS" },
+  ],
+}"#,
+            ),
+        ]);
+        let cfg = load_dir(dir.path(), None).unwrap();
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        let names: Vec<(&str, &str)> = cfg
+            .spec
+            .r2_buckets
+            .iter()
+            .map(|b| (b.binding.as_str(), b.bucket_name.as_str()))
+            .collect();
+        assert_eq!(names, vec![("ASSETS", "assets"), ("UPLOADS", "UPLOADS")]);
+
+        let dir = project(&[
+            MAIN,
+            (
+                "wrangler.toml",
+                "name = \"a\"\nmain = \"src/index.js\"\n[[r2_buckets]]\nbucket_name = \"x\"\n",
+            ),
+        ]);
+        let err = load_dir(dir.path(), None).unwrap_err().to_string();
+        assert!(err.contains("r2_buckets[0] needs `binding`"), "{err}");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! `cinder-stateless` for running scripts.
 //!
 //! `cinder dev` reads wrangler configuration ([`config`]), starts the engine's [`Host`], serves
-//! HTTP with axum ([`server`]), fires cron triggers ([`cron`]) and shuts down gracefully on
-//! SIGINT/SIGTERM: the listener closes, in-flight requests finish, then the process exits 0.
+//! HTTP with axum ([`server`]), fires cron triggers ([`cron`]), serves the R2 buckets over the
+//! S3 API when `--s3-port` is given (`cinder_r2::s3`), and shuts down gracefully on
+//! SIGINT/SIGTERM: the listeners close, in-flight requests finish, then the process exits 0.
 //! `cinder d1 …` ([`d1cmd`]) queries and migrates the same state's D1 databases.
 
 use std::io::{IsTerminal, Write};
@@ -198,6 +199,14 @@ async fn dev(args: DevArgs) -> Result<(), String> {
     let local_addr = listener
         .local_addr()
         .map_err(|e| format!("could not read the listening address: {e}"))?;
+    let s3_listener = match args.s3_port {
+        None => None,
+        Some(p) => Some(
+            tokio::net::TcpListener::bind(SocketAddr::new(ip, p))
+                .await
+                .map_err(|e| format!("could not listen on {ip}:{p} for --s3-port: {e}"))?,
+        ),
+    };
 
     let primary_name = primary.spec.name.clone();
     let default_cron = primary.spec.crons.first().cloned().unwrap_or_default();
@@ -229,6 +238,7 @@ async fn dev(args: DevArgs) -> Result<(), String> {
             .hibernate_after_ms
             .map(Duration::from_millis)
             .unwrap_or(cinder_stateless::DEFAULT_HIBERNATE_AFTER),
+        enable_r2: s3_listener.is_some(),
     };
     if args.allow_private_fetch {
         tracing::warn!("--allow-private-fetch: fetch() may reach loopback and private addresses");
@@ -257,6 +267,38 @@ async fn dev(args: DevArgs) -> Result<(), String> {
     };
     let server = tokio::spawn(listener::serve(listener, app, limits, stop_rx.clone()));
 
+    let mut s3_server = None;
+    if let Some(listener) = s3_listener {
+        let r2 = host
+            .r2()
+            .ok_or("the S3 endpoint needs R2 storage, which the engine did not open")?;
+        let s3_addr = listener
+            .local_addr()
+            .map_err(|e| format!("could not read the S3 listening address: {e}"))?;
+        let router = cinder_r2::s3::s3_router(
+            r2,
+            cinder_r2::s3::S3Config {
+                credentials: vec![cinder_r2::s3::Credentials {
+                    access_key_id: args.s3_access_key_id.clone(),
+                    secret_access_key: args.s3_secret_access_key.clone(),
+                }],
+                ..Default::default()
+            },
+        );
+        let mut stop = stop_rx.clone();
+        s3_server = Some(tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+        println!(
+            "S3 API on http://{s3_addr} (access key id {:?})",
+            args.s3_access_key_id
+        );
+    }
+
     println!("Ready on http://{local_addr}");
     // Tests and scripts wait for this line; make sure it leaves the process now.
     let _ = std::io::stdout().flush();
@@ -283,6 +325,20 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         r = &mut server => Some(r),
     };
     let _ = stop_tx.send(true);
+    if let Some(s3) = s3_server {
+        if served.is_none() {
+            // Exiting without waiting (grace expired, or a second signal).
+            s3.abort();
+        }
+        // Bounded like the main server: a client holding a connection must not stall exit.
+        match tokio::time::timeout(SHUTDOWN_GRACE, s3).await {
+            Ok(Err(e)) if e.is_cancelled() => {}
+            Ok(Ok(Err(e))) => tracing::warn!("S3 server error: {e}"),
+            Ok(Err(e)) => tracing::warn!("S3 server task failed: {e}"),
+            Err(_) => tracing::warn!("S3 requests still running at exit"),
+            Ok(Ok(Ok(()))) => {}
+        }
+    }
     while crons.join_next().await.is_some() {}
     host.shutdown().await;
     match served {

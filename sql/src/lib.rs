@@ -49,8 +49,8 @@ pub use cursor::{Cursor, Raw, Row, SqlValue, CANCELED_CLOSED, CANCELED_DELETED};
 pub use db::{memory_used, set_memory_budget, SqlConfig, SqlStorage, DEFAULT_MEMORY_BUDGET};
 pub use error::SqlError;
 pub use kv::Kv;
-pub use savepoint::{Savepoint, SavepointKind, TRANSACTION_ENDED};
 /// The SQLite binding this crate links (its bundled SQLite carries the VFS), for callers that
 /// need a plain SQLite next to it: the differential tests' reference, the benchmark's baseline.
 pub use rusqlite;
+pub use savepoint::{Savepoint, SavepointKind, TRANSACTION_ENDED};
 pub use split::{is_blank, split_statements};

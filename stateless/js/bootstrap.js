@@ -570,6 +570,7 @@
     for (const [name] of spec.services) env[name] = serviceBinding(name);
     internals.durable?.addBindings(env, spec);
     internals.d1?.addBindings(env, spec);
+    internals.r2?.addBindings(env, spec);
     return env;
   }
 

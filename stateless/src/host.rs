@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cinder_core::{IdFactory, NamespaceSpec, Runtime, RuntimeConfig};
+use cinder_r2::{R2Engine, R2Service};
 use cinder_storage::{Store, StoreConfig};
 use tokio::sync::oneshot;
 
@@ -45,6 +46,8 @@ pub(crate) struct HostInner {
     /// The runtime that started the host (the gateway's network runtime), for network work
     /// the executors start (outgoing WebSockets).
     pub(crate) net: Option<tokio::runtime::Handle>,
+    /// This node's R2 buckets, when a worker binds one or [`HostConfig::enable_r2`].
+    pub(crate) r2: Option<R2Service>,
 }
 
 /// The isolate holding an exported value.
@@ -149,6 +152,8 @@ fn prepare(
             "services": spec.services.iter().map(|s| serde_json::json!([s.binding, s.service])).collect::<Vec<_>>(),
             "durableObjects": spec.durable_objects.iter().map(|b| serde_json::json!([b.binding, do_namespaces[&b.binding]])).collect::<Vec<_>>(),
             "classes": spec.classes.iter().map(|c| serde_json::json!([c.class_name, c.sqlite])).collect::<Vec<_>>(),
+            "r2Buckets": spec.r2_buckets.iter().map(|b| b.binding.clone()).collect::<Vec<_>>(),
+            "r2ListHonorsInclude": r2_list_honors_include(spec),
             "d1": spec.d1_databases.iter().map(|d| serde_json::json!([d.binding])).collect::<Vec<_>>(),
         });
         out.push(Arc::new(WorkerShared {
@@ -170,6 +175,69 @@ fn prepare(
         }));
     }
     Ok(out)
+}
+
+/// Whether `list()` leaves out metadata `include` did not ask for: the `r2_list_honor_include`
+/// behaviour, default from compatibility date 2022-08-04 (and when no date is set).
+fn r2_list_honors_include(spec: &crate::WorkerSpec) -> bool {
+    let flags = &spec.compatibility_flags;
+    if flags.iter().any(|f| f == "r2_list_honor_include") {
+        return true;
+    }
+    if flags.iter().any(|f| f == "r2_list_ignore_include") {
+        return false;
+    }
+    spec.compatibility_date
+        .as_deref()
+        .is_none_or(|d| d >= "2022-08-04")
+}
+
+/// Opens R2 under `<state_dir>/r2` and gives its internal namespaces, when a worker binds a
+/// bucket or the host was asked for R2.
+fn open_r2(cfg: &HostConfig, state_dir: &std::path::Path) -> Result<Option<R2Engine>, LoadError> {
+    if !cfg.enable_r2 && cfg.workers.iter().all(|w| w.r2_buckets.is_empty()) {
+        return Ok(None);
+    }
+    let dir = state_dir.join("r2");
+    R2Engine::open_with(&dir, cfg.durability)
+        .map(Some)
+        .map_err(|e| LoadError::Thread(format!("opening R2 storage in {}: {e}", dir.display())))
+}
+
+/// Starts R2 on `runtime` (sweeping orphaned blobs) and creates the bound buckets. Runs on a
+/// thread of its own with its own small tokio runtime: the caller may or may not be inside
+/// one, and must not block a runtime's worker thread.
+fn start_r2(engine: R2Engine, runtime: &Runtime, cfg: &HostConfig) -> Result<R2Service, LoadError> {
+    let runtime = runtime.clone();
+    let mut buckets: Vec<String> = cfg
+        .workers
+        .iter()
+        .flat_map(|w| w.r2_buckets.iter().map(|b| b.bucket_name.clone()))
+        .collect();
+    buckets.sort();
+    buckets.dedup();
+    let started = std::thread::Builder::new()
+        .name("cinder-r2-start".into())
+        .spawn(move || -> Result<R2Service, String> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let r2 = engine.start(&runtime).await.map_err(|e| e.to_string())?;
+                for b in &buckets {
+                    r2.ensure_bucket(b)
+                        .await
+                        .map_err(|e| format!("R2 bucket {b:?}: {e}"))?;
+                }
+                Ok(r2)
+            })
+        })
+        .map_err(|e| LoadError::Thread(format!("starting R2: {e}")))?;
+    started
+        .join()
+        .map_err(|_| LoadError::Thread("starting R2: the thread panicked".into()))?
+        .map_err(|e| LoadError::Thread(format!("starting R2: {e}")))
 }
 
 /// One core namespace per Durable Object class of every worker.
@@ -245,11 +313,22 @@ impl Host {
             on_thread_stop: Some(Arc::new(|_index| thread::stop())),
             ..RuntimeConfig::default()
         };
+        let r2_engine = open_r2(&cfg, &state_dir)?;
         let mut specs = namespaces(&cfg);
+        if let Some(engine) = &r2_engine {
+            specs.extend(engine.namespaces());
+        }
         // Every D1 database is an object of this internal namespace (cinder-d1).
         specs.push(cinder_d1::namespace_spec());
         let runtime =
             Runtime::start(store, rt_cfg, specs).map_err(|e| LoadError::Thread(e.to_string()))?;
+        let r2 = match r2_engine.map(|e| start_r2(e, &runtime, &cfg)).transpose() {
+            Ok(r2) => r2,
+            Err(e) => {
+                runtime.shutdown();
+                return Err(e);
+            }
+        };
 
         let mut start_err = None;
         let mut logged = std::collections::HashSet::new();
@@ -299,6 +378,7 @@ impl Host {
             hibernate_after: cfg.hibernate_after,
             busy,
             net: tokio::runtime::Handle::try_current().ok(),
+            r2,
         });
         let _ = host_cell.set(Arc::downgrade(&inner));
         Ok(Host { inner })
@@ -307,6 +387,12 @@ impl Host {
     /// Delivers one HTTP request to worker `worker`. Never panics: failures become 5xx responses.
     pub async fn fetch(&self, worker: &str, req: http::Request<Body>) -> http::Response<Body> {
         dispatch_fetch(&self.inner, worker, req).await
+    }
+
+    /// This node's R2 buckets (the ones `env.<binding>` reaches), for the gateway's S3 endpoint;
+    /// `None` unless a worker binds a bucket or [`HostConfig::enable_r2`] was set.
+    pub fn r2(&self) -> Option<R2Service> {
+        self.inner.r2.clone()
     }
 
     /// Runs the worker's `scheduled` handler for one cron firing.
@@ -368,12 +454,7 @@ impl Host {
     /// already connected.
     pub fn socket_link(&self, id: u64) -> Option<crate::websocket::SocketLink> {
         let socket = self.inner.sockets.get(id)?;
-        let outgoing = socket.state.lock().ok()?.out_rx.take()?;
-        Some(crate::websocket::SocketLink {
-            socket,
-            host: Arc::downgrade(&self.inner),
-            outgoing,
-        })
+        crate::websocket::SocketLink::connect(socket, Arc::downgrade(&self.inner))
     }
 
     /// Open WebSockets on this node.

@@ -65,6 +65,7 @@ mod netguard;
 mod ops;
 mod ops_d1;
 mod ops_do;
+mod ops_r2;
 mod ops_rpc;
 mod ops_sql;
 mod ops_ws;
@@ -110,8 +111,19 @@ pub struct WorkerSpec {
     /// The Durable Object classes this worker exports that its migrations declared (or that
     /// the gateway declared for it, as `wrangler dev` does for a bound class without one).
     pub classes: Vec<DurableObjectClass>,
+    /// `r2_buckets`: `env.<binding>` is an `R2Bucket` over a bucket of this node's R2 storage.
+    pub r2_buckets: Vec<R2BucketBinding>,
     /// `d1_databases`: `env.<binding>` is a D1 database.
     pub d1_databases: Vec<D1DatabaseBinding>,
+}
+
+/// One `[[r2_buckets]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct R2BucketBinding {
+    pub binding: String,
+    /// The bucket (created at start when missing). Workers naming the same bucket share it,
+    /// and the S3 endpoint serves it under this name.
+    pub bucket_name: String,
 }
 
 /// One `[[d1_databases]]` entry.
@@ -199,6 +211,10 @@ pub struct HostConfig {
     /// How long an object whose only connections are hibernatable WebSockets stays in memory
     /// without events.
     pub hibernate_after: std::time::Duration,
+    /// Open R2 storage (under `<state_dir>/r2`) even when no worker binds a bucket: the
+    /// gateway's S3 endpoint serves it through [`Host::r2`]. Workers with `r2_buckets` open it
+    /// anyway.
+    pub enable_r2: bool,
 }
 
 /// Cloudflare's hibernation delay.
@@ -214,6 +230,7 @@ impl Default for HostConfig {
             state_dir: None,
             durability: Durability::Fsync,
             hibernate_after: DEFAULT_HIBERNATE_AFTER,
+            enable_r2: false,
         }
     }
 }

@@ -185,16 +185,10 @@ fn send(
         .sockets
         .get(id)
         .ok_or_else(|| JsErrorBox::generic("WebSocket is closed"))?;
-    let tx = socket
-        .state
-        .lock()
-        .map_err(|_| JsErrorBox::generic("socket state poisoned"))?
-        .out_tx
-        .clone();
     let gate = match st.object(caller) {
         Some(obj) => obj.ctx.output_gate().wait(),
         None => {
-            let _ = tx.send(msg);
+            socket.outbox.push(msg);
             return Ok(());
         }
     };
@@ -214,7 +208,7 @@ fn send(
         // Nothing queued before it: if no write is pending, it leaves at once.
         match (&mut gate).now_or_never() {
             Some(Ok(())) => {
-                let _ = tx.send(msg);
+                socket.outbox.push(msg);
                 return Ok(());
             }
             // The object is being reset: the message is dropped, as on Cloudflare.
@@ -229,7 +223,7 @@ fn send(
                 let next = queue.items.borrow_mut().pop_front();
                 let Some((gate, msg)) = next else { break };
                 if gate.await.is_ok() {
-                    let _ = tx.send(msg);
+                    socket.outbox.push(msg);
                 }
             }
             queue.running.set(false);
@@ -507,19 +501,9 @@ fn op_ws_connect(
                 obj.plain_sockets.set(obj.plain_sockets.get() + 1);
             }
         }
-        let outgoing = socket
-            .state
-            .lock()
-            .map_err(|_| JsErrorBox::generic("socket state poisoned"))?
-            .out_rx
-            .take()
-            .ok_or_else(|| JsErrorBox::generic("socket already connected"))?;
         let id = socket.id;
-        let link = crate::websocket::SocketLink {
-            socket,
-            host: Arc::downgrade(&host),
-            outgoing,
-        };
+        let link = crate::websocket::SocketLink::connect(socket, Arc::downgrade(&host))
+            .ok_or_else(|| JsErrorBox::generic("socket already connected"))?;
         // Network work runs on the gateway's runtime (this future is polled outside any
         // LocalSet, so it could not spawn a local task anyway).
         match &host.net {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use cinder_core::ObjectId;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 /// Cloudflare's limits.
 pub const MAX_HIBERNATABLE_PER_OBJECT: usize = 32_768;
@@ -80,12 +80,40 @@ pub(crate) enum Target {
 pub(crate) struct Socket {
     pub id: u64,
     pub state: Mutex<SocketState>,
+    /// What JS sent and the network side has not written yet.
+    pub outbox: Outbox,
+}
+
+/// Frames on their way to the network, in order. A queue and a wake-up rather than a channel:
+/// an idle socket's outbox holds no allocation (a tokio channel allocates a block of 32 slots
+/// up front, which for tens of thousands of hibernated sockets is most of their memory).
+#[derive(Default)]
+pub(crate) struct Outbox {
+    queue: Mutex<VecDeque<Outgoing>>,
+    ready: Notify,
+}
+
+impl Outbox {
+    pub fn push(&self, frame: Outgoing) {
+        lock(&self.queue).push_back(frame);
+        self.ready.notify_one();
+    }
+
+    /// The next frame to write; waits for one.
+    pub async fn next(&self) -> Outgoing {
+        loop {
+            if let Some(frame) = lock(&self.queue).pop_front() {
+                return frame;
+            }
+            // A push between the check and here leaves a permit, so this cannot miss it.
+            self.ready.notified().await;
+        }
+    }
 }
 
 pub(crate) struct SocketState {
-    pub out_tx: mpsc::UnboundedSender<Outgoing>,
-    /// Taken by the gateway when it connects the network side.
-    pub out_rx: Option<mpsc::UnboundedReceiver<Outgoing>>,
+    /// The network side is connected (a socket has one).
+    pub connected: bool,
     pub target: Target,
     /// Messages that arrived before the socket was accepted.
     pub queued: VecDeque<Incoming>,
@@ -123,12 +151,11 @@ impl Sockets {
     /// A new socket (the server end of a pair), not yet accepted.
     pub fn create(&self) -> Arc<Socket> {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
         let s = Arc::new(Socket {
             id,
+            outbox: Outbox::default(),
             state: Mutex::new(SocketState {
-                out_tx,
-                out_rx: Some(out_rx),
+                connected: false,
                 target: Target::Unaccepted,
                 queued: VecDeque::new(),
                 tags: Vec::new(),
@@ -269,9 +296,8 @@ impl Sockets {
             .unwrap_or_default();
         for id in ids {
             if let Some(s) = self.get(id) {
-                let mut st = lock(&s.state);
-                st.closing = true;
-                let _ = st.out_tx.send(Outgoing::Close {
+                lock(&s.state).closing = true;
+                s.outbox.push(Outgoing::Close {
                     code,
                     reason: reason.to_string(),
                 });
@@ -289,13 +315,29 @@ impl Sockets {
 pub struct SocketLink {
     pub(crate) socket: Arc<Socket>,
     pub(crate) host: std::sync::Weak<crate::host::HostInner>,
-    /// Frames the gateway writes to the client, in order.
-    pub outgoing: mpsc::UnboundedReceiver<Outgoing>,
 }
 
 impl SocketLink {
     pub fn id(&self) -> u64 {
         self.socket.id
+    }
+
+    /// The next frame JS sent, to write to the network; waits for one.
+    pub async fn next_outgoing(&self) -> Outgoing {
+        self.socket.outbox.next().await
+    }
+
+    /// Connects the network side of a socket; `None` if it is connected already.
+    pub(crate) fn connect(
+        socket: Arc<Socket>,
+        host: std::sync::Weak<crate::host::HostInner>,
+    ) -> Option<SocketLink> {
+        let mut st = lock(&socket.state);
+        if std::mem::replace(&mut st.connected, true) {
+            return None;
+        }
+        drop(st);
+        Some(SocketLink { socket, host })
     }
 
     /// The subprotocol the worker chose, if any.
@@ -341,7 +383,15 @@ impl SocketLink {
             st.target.clone()
         };
         let closing = matches!(event, Incoming::Close { .. });
-        crate::ws_delivery::deliver(&host, self.socket.id, target, event).await;
+        // Boxed: the delivery's state (a call into core) exists only while a message is in
+        // flight, instead of enlarging every idle connection's pump task by its size.
+        Box::pin(crate::ws_delivery::deliver(
+            &host,
+            self.socket.id,
+            target,
+            event,
+        ))
+        .await;
         if closing {
             host.sockets.remove(self.socket.id);
         }

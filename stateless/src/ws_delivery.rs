@@ -14,10 +14,12 @@ use crate::host::HostInner;
 use crate::websocket::{Incoming, Outgoing, SocketLink, Target, WsMessage, MAX_MESSAGE_BYTES};
 
 /// Buffers sized for many mostly idle connections: tungstenite allocates its read buffer
-/// eagerly (128 KiB by default), which alone would be ten times a hibernated socket's budget.
+/// eagerly and keeps it for the connection's life (128 KiB by default, ten times a hibernated
+/// socket's whole budget). 1 KiB holds any small message in one read; a large one is read in
+/// 1 KiB steps into a buffer reserved for its full length, which costs syscalls, not copies.
 pub fn config() -> WebSocketConfig {
     let mut c = WebSocketConfig::default();
-    c.read_buffer_size = 4 * 1024;
+    c.read_buffer_size = 1024;
     c.write_buffer_size = 0;
     c.max_message_size = Some(MAX_MESSAGE_BYTES);
     c.max_frame_size = Some(MAX_MESSAGE_BYTES);
@@ -178,7 +180,7 @@ fn to_frame(m: WsMessage) -> Message {
 /// (auto-responses are answered here, without waking anyone), what JS sends goes out in order.
 /// Every socket ends with exactly one `Close` delivered, whether the peer closed cleanly, the
 /// server closed, or the connection vanished.
-pub async fn pump<S>(ws: WebSocketStream<S>, mut link: SocketLink)
+pub async fn pump<S>(ws: WebSocketStream<S>, link: SocketLink)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -241,13 +243,13 @@ where
                 }
                 None => break Incoming::Close { code: 1006, reason: String::new(), clean: false },
             },
-            out = link.outgoing.recv(), if !close_sent => match out {
-                Some(Outgoing::Message(m)) => {
+            out = link.next_outgoing(), if !close_sent => match out {
+                Outgoing::Message(m) => {
                     if sink.send(to_frame(m)).await.is_err() {
                         break Incoming::Close { code: 1006, reason: String::new(), clean: false };
                     }
                 }
-                Some(Outgoing::Close { code, reason }) => {
+                Outgoing::Close { code, reason } => {
                     close_sent = true;
                     close_deadline = Some(tokio::time::Instant::now() + CLOSE_TIMEOUT);
                     server_close = (code, reason.clone());
@@ -255,13 +257,6 @@ where
                     if sink.send(Message::Close(Some(frame))).await.is_err() {
                         break Incoming::Close { code: 1006, reason: String::new(), clean: false };
                     }
-                }
-                // Every JS handle on the socket is gone: close it for the peer.
-                None => {
-                    close_sent = true;
-                    close_deadline = Some(tokio::time::Instant::now() + CLOSE_TIMEOUT);
-                    let frame = CloseFrame { code: CloseCode::Away, reason: "".into() };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
                 }
             },
         }

@@ -38,6 +38,8 @@ pub struct Server {
     child: Child,
     pub base: String,
     stderr: Arc<Mutex<String>>,
+    /// Everything printed on stdout, up to and including the Ready line so far.
+    stdout: Arc<Mutex<String>>,
     _state: Option<tempfile::TempDir>,
 }
 
@@ -129,9 +131,16 @@ impl Server {
 
         let (ready_tx, ready_rx) = mpsc::channel();
         let out_pipe = child.stdout.take().expect("stdout");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let out_sink = stdout.clone();
         thread::spawn(move || {
             for line in BufReader::new(out_pipe).lines().map_while(Result::ok) {
                 eprintln!("[cinder stdout] {line}");
+                {
+                    let mut s = out_sink.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
                 if let Some(url) = line.strip_prefix("Ready on ") {
                     let _ = ready_tx.send(url.trim().to_string());
                 }
@@ -143,6 +152,7 @@ impl Server {
                 child,
                 base,
                 stderr,
+                stdout,
                 _state: owned,
             }),
             Err(_) => {
@@ -186,6 +196,11 @@ impl Server {
 
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// What the server printed on stdout; lines printed before "Ready on" are all there.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// The server's log once `matches` accepts it, or as it stands after 10 s. The server writes

@@ -16,6 +16,7 @@ mod hono;
 mod lifecycle;
 mod limits;
 mod outbound;
+mod r2;
 mod ratelimit;
 mod rules;
 mod scheduled;

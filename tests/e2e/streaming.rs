@@ -35,14 +35,14 @@ impl Read for PatternReader {
 }
 
 /// Samples the RSS of `pid` until dropped; keeps the peak.
-struct RssWatch {
+pub(crate) struct RssWatch {
     stop: Arc<AtomicBool>,
     peak: Arc<AtomicU64>,
     handle: Option<thread::JoinHandle<()>>,
 }
 
 impl RssWatch {
-    fn start(pid: u32) -> RssWatch {
+    pub(crate) fn start(pid: u32) -> RssWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(0));
         let (s, p) = (stop.clone(), peak.clone());
@@ -59,7 +59,7 @@ impl RssWatch {
         }
     }
 
-    fn finish(mut self) -> u64 {
+    pub(crate) fn finish(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
             h.join().unwrap();

@@ -207,6 +207,44 @@ fn a_hibernated_room_wakes_with_the_same_sockets_tags_and_attachments() {
 }
 
 #[test]
+fn two_upgrades_arriving_together_still_let_the_room_hibernate() {
+    let server = Server::start_with_env(
+        &[
+            fixture("websocket").to_str().unwrap(),
+            "--hibernate-after-ms",
+            "300",
+        ],
+        &[("RUST_LOG", "info,cinder_core=debug")],
+    );
+    // Both upgrades reach the object while neither has been accepted yet.
+    let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let joins: Vec<_> = ["ann", "bob"]
+        .into_iter()
+        .map(|user| {
+            let url = server
+                .url(&format!("/room/pair?user={user}"))
+                .replacen("http://", "ws://", 1);
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                let (ws, resp) = connect(url.as_str()).expect("upgrade");
+                assert_eq!(resp.status(), 101);
+                ws
+            })
+        })
+        .collect();
+    let mut sockets: Vec<Ws> = joins.into_iter().map(|j| j.join().unwrap()).collect();
+    let log = server.log_where(|l| l.contains("evicting idle Durable Object"));
+    assert!(
+        log.contains("evicting idle Durable Object"),
+        "the room never hibernated:\n{log}"
+    );
+    let who = ask(&mut sockets[0], "who");
+    assert_eq!(who["constructions"], 2, "the constructor ran again: {who}");
+    assert_eq!(who["count"], 2, "both sockets survived hibernation: {who}");
+}
+
+#[test]
 fn a_message_sent_after_a_write_leaves_once_the_write_is_durable() {
     let server = Server::start(&[fixture("websocket").to_str().unwrap()]);
     let mut a = open(&server, "/room/store?user=ann");

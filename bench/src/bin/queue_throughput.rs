@@ -51,7 +51,13 @@ struct Counter {
     done: Notify,
 }
 
-async fn run(q: &Queues, name: &str, args: &Args, total: usize, per_send: usize) -> (f64, f64, f64) {
+async fn run(
+    q: &Queues,
+    name: &str,
+    args: &Args,
+    total: usize,
+    per_send: usize,
+) -> (f64, f64, f64) {
     let counter = Arc::new(Counter {
         acked: AtomicUsize::new(0),
         batches: AtomicUsize::new(0),
