@@ -568,7 +568,13 @@ export default {
     const p = new URL(request.url).pathname;
     if (p === "/park") {
       waiting++;
-      return new Response("released with " + await parked);
+      // The timer is what keeps this request alive meanwhile: a request with nothing of its
+      // own pending is "never going to generate a response", as in workerd.
+      let timer;
+      const timeout = new Promise(r => { timer = setTimeout(() => r("timeout"), 10000); });
+      const got = await Promise.race([parked, timeout]);
+      clearTimeout(timer);
+      return new Response("released with " + got);
     }
     if (waiting === 0) return new Response("nobody parked yet");
     release("token");
