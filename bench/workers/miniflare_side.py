@@ -1,26 +1,32 @@
 #!/usr/bin/env python3
-"""D1 side by side (issue 14): bench/workers/d1 (a Worker with one D1 binding) on `cinder dev`
-and on Miniflare's local D1 (npm `miniflare`: D1 as a Durable Object with SQLite on workerd,
-which is what `wrangler dev` runs), same script, alternating rounds.
+"""D1 and KV side by side with Miniflare (issues 14 and 15): a Worker project on `cinder dev` and
+on Miniflare (npm `miniflare`: local D1 and KV on workerd, which is what `wrangler dev` runs),
+same script, alternating rounds.
 
-Workloads:
+--project d1 (bench/workers/d1, one D1 binding):
 - read: GET /user/<random id> -> one `SELECT ... WHERE email = ?` over a unique index of
-  --users rows (`.first()`).
+  --keys rows (`.first()`).
 - insert: POST /insert -> one `batch()` of 10 INSERTs (one transaction per request).
-Each server is seeded first (POST /seed?n=USERS). Reported: req/s, p50/p99 (wrk), and the
+--project kv (bench/workers/kv, one KV namespace):
+- read: GET /read/<random id> -> `env.KV.get(key, "json")` of --keys keys; after a key's first
+  read both servers answer it from their node cache (Cloudflare's hot-key path).
+- insert: POST /insert -> one `put()` of a new key.
+Each server is seeded first (POST /seed?n=KEYS). Reported: req/s, p50/p99 (wrk), and the
 server's CPU (Miniflare: node and its workerd together).
 
     (cd bench/workers && npm ci)             # once: workerd and miniflare
-    CINDER=/path/to/release/cinder python3 bench/workers/d1.py
+    CINDER=/path/to/release/cinder python3 bench/workers/miniflare_side.py --project d1
+    CINDER=/path/to/release/cinder python3 bench/workers/miniflare_side.py --project kv --keys 1000
 
-Durability differs and is printed: cinder acknowledges a write once its group commit is
-fsync'd; Miniflare's SQLite files use workerd's local-disk defaults.
+Durability differs: cinder acknowledges a write once its group commit is fsync'd; Miniflare's
+files use workerd's local-disk defaults.
 Standard library only; every process is stopped on exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -32,9 +38,15 @@ from pathlib import Path
 import harness as h
 
 HERE = Path(__file__).resolve().parent
-PROJECT = HERE / "d1"
-LUA = HERE / "d1.lua"
-MINIFLARE = HERE / "miniflare-d1.mjs"
+LUA = HERE / "miniflare_side.lua"
+MINIFLARE = HERE / "miniflare.mjs"
+# Per project: Miniflare's bindings, the read path prefix, and what a good seed/read answer holds.
+PROJECTS = {
+    "d1": {"bindings": {"d1": {"DB": "00000000-0000-4000-8000-00000000d1be"}},
+           "read": "/user/", "seeded": '"users":{n}', "probe": b"user7@example.com"},
+    "kv": {"bindings": {"kv": {"KV": "0000000000000000000000000000cafe"}},
+           "read": "/read/", "seeded": '"keys":{n}', "probe": b"user7@example.com"},
+}
 
 
 def tree_cpu(pid: int) -> float:
@@ -59,16 +71,17 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-def start(what: str, cinder: Path | None, tmp: Path, cpus: str | None):
+def start(what: str, cinder: Path | None, project: str, tmp: Path, cpus: str | None):
     port = h.free_port()
     log = tmp / f"{what}.log"
     state = tmp / f"state-{what}"
     state.mkdir()
     if what == "miniflare":
-        argv = ["node", str(MINIFLARE), str(PROJECT / "src" / "index.js"), str(port), str(state)]
+        argv = ["node", str(MINIFLARE), str(HERE / project / "src" / "index.js"), str(port), str(state),
+                json.dumps(PROJECTS[project]["bindings"])]
         env = dict(os.environ)
     else:
-        argv = [str(cinder), "dev", str(PROJECT), "--ip", "127.0.0.1", "--port", str(port),
+        argv = [str(cinder), "dev", str(HERE / project), "--ip", "127.0.0.1", "--port", str(port),
                 "--persist-to", str(state)]
         env = dict(os.environ, RUST_LOG="warn")
     proc = h.spawn(argv, log, cpus, env)
@@ -81,7 +94,7 @@ def wrk(port: int, mode: str, seconds: float, args, cpus) -> dict:
             f"http://127.0.0.1:{port}/"]
     if cpus is not None:
         argv = ["taskset", "-c", cpus, *argv]
-    env = dict(os.environ, D1_MODE=mode, D1_USERS=str(args.users))
+    env = dict(os.environ, BENCH_MODE=mode, BENCH_KEYS=str(args.keys), BENCH_READ=PROJECTS[args.project]["read"])
     out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=seconds + 120)
     text = out.stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", text)
@@ -102,7 +115,8 @@ def main() -> None:
     ap.add_argument("--cinder", help="cinder binary (default: $CINDER, then target/release/cinder)")
     ap.add_argument("--only", choices=["cinder", "miniflare"])
     ap.add_argument("--workloads", default="read,insert")
-    ap.add_argument("--users", type=int, default=10000)
+    ap.add_argument("--project", choices=sorted(PROJECTS), default="d1")
+    ap.add_argument("--keys", type=int, default=10000, help="rows (d1) or keys (kv) seeded and read")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--warmup", type=float, default=3)
@@ -117,19 +131,20 @@ def main() -> None:
     if "miniflare" in servers and not (HERE / "node_modules" / "miniflare").is_dir():
         sys.exit("miniflare is not installed: (cd bench/workers && npm ci)")
     cpus, load_cpus = ("1", "0") if args.pin == "split" else (None, None)
-    print(f"d1: users={args.users} rounds={args.rounds} x {args.duration:.0f}s  wrk -t1 -c{args.connections}  "
+    print(f"{args.project}: keys={args.keys} rounds={args.rounds} x {args.duration:.0f}s  wrk -t1 -c{args.connections}  "
           f"pin={args.pin}  cinder: {cinder or '-'}", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="d1-bench-") as t:
+    project = PROJECTS[args.project]
+    with tempfile.TemporaryDirectory(prefix=f"{args.project}-bench-") as t:
         tmp = Path(t)
         running = {}
         for s in servers:
-            proc, port, log = start(s, cinder, tmp, cpus)
-            status, body = h.request(port, "POST", f"/seed?n={args.users}", timeout=300)
-            if status != 200 or f'"users":{args.users}' not in body.decode():
+            proc, port, log = start(s, cinder, args.project, tmp, cpus)
+            status, body = h.request(port, "POST", f"/seed?n={args.keys}", timeout=300)
+            if status != 200 or project["seeded"].format(n=args.keys) not in body.decode():
                 sys.exit(f"{s}: seeding failed: {status} {body[:300]!r}\n{h.tail(log)}")
-            status, body = h.request(port, "GET", "/user/7")
-            if status != 200 or b"user7@example.com" not in body:
+            status, body = h.request(port, "GET", project["read"] + "7")
+            if status != 200 or project["probe"] not in body:
                 sys.exit(f"{s}: a point read answered {status} {body[:200]!r}")
             running[s] = (proc, port, log)
         results: dict[tuple[str, str], list[dict]] = {}
