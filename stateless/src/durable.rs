@@ -91,6 +91,8 @@ pub(crate) struct ObjectEntry {
     pub ctx: ActorContext,
     pub sqlite: bool,
     pub sql: std::cell::RefCell<Option<Rc<cinder_sql::SqlStorage>>>,
+    /// Whether its SQLite page cache is among the thread's warm ones (`sql_memory`).
+    pub sql_warm: Rc<crate::sql_memory::WarmMark>,
     /// Plain (`ws.accept()`) sockets open in this instance: they keep it in memory.
     pub plain_sockets: std::cell::Cell<u32>,
     /// Timers pending in this instance: they keep it from hibernating.
@@ -111,6 +113,7 @@ impl ObjectEntry {
             ));
         }
         if let Some(db) = self.sql.borrow().as_ref() {
+            crate::sql_memory::used(db, &self.sql_warm);
             return Ok(db.clone());
         }
         let storage = self.ctx.storage();
@@ -124,6 +127,7 @@ impl ObjectEntry {
         db.set_on_write(move || storage.note_raw_write(Default::default()));
         let db = Rc::new(db);
         *self.sql.borrow_mut() = Some(db.clone());
+        crate::sql_memory::used(&db, &self.sql_warm);
         Ok(db)
     }
 }
@@ -153,6 +157,7 @@ impl ActorFactory for JsClassFactory {
                 ctx,
                 sqlite: self.sqlite,
                 sql: Default::default(),
+                sql_warm: Default::default(),
                 plain_sockets: Default::default(),
                 timers: Default::default(),
             }),

@@ -70,6 +70,7 @@ mod ops_rpc;
 mod ops_sql;
 mod ops_ws;
 mod snapshot;
+mod sql_memory;
 mod state;
 mod thread;
 mod websocket;

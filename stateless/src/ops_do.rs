@@ -16,8 +16,8 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use cinder_core::{
-    ActorError, Jurisdiction, ListOptions, ObjectError, ObjectId, ReadOptions, WriteOptions,
-    OVERLOADED_MESSAGE,
+    ActorContext, ActorError, GateBroken, Jurisdiction, ListOptions, ObjectError, ObjectId,
+    ReadOptions, WriteOptions, OVERLOADED_MESSAGE,
 };
 use cinder_storage::{ErrorKind, StorageError};
 use deno_core::{op2, ByteString, JsBuffer, OpState, ToJsBuffer};
@@ -298,10 +298,19 @@ pub(crate) async fn outbound<F: Future>(
     drop(obj);
     ctx.output_gate().wait().await?;
     let value = io.await;
+    readmit(&ctx, in_cs).await?;
+    Ok(value)
+}
+
+/// Lets an op's result back into its object through the input gate, as every I/O completion
+/// must be — except inside the object's own critical section (`blockConcurrencyWhile`,
+/// `transaction`): its code is the one waiting for the result, and the gate stays closed until
+/// it ends.
+pub(crate) async fn readmit(ctx: &ActorContext, in_cs: bool) -> Result<(), GateBroken> {
     if !in_cs {
         ctx.input_gate().wait().await?;
     }
-    Ok(value)
+    Ok(())
 }
 
 /// Which object a stub call is for, as the JS stub knows it.
@@ -1016,13 +1025,9 @@ fn op_do_storage_sync(
             .sync()
             .await
             .map_err(|e| JsErrorBox::generic(e.0.to_string()))?;
-        if !in_cs {
-            ctx.input_gate()
-                .wait()
-                .await
-                .map_err(|e| JsErrorBox::generic(e.0.to_string()))?;
-        }
-        Ok(())
+        readmit(&ctx, in_cs)
+            .await
+            .map_err(|e| JsErrorBox::generic(e.0.to_string()))
     }
 }
 

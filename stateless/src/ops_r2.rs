@@ -112,12 +112,9 @@ async fn read_gated<F: Future>(
             JsErrorBox::generic("Durable Object reset: the calling object is no longer live")
         })?;
     let value = io.await;
-    if !call.in_cs {
-        ctx.input_gate()
-            .wait()
-            .await
-            .map_err(|e| JsErrorBox::generic(e.to_string()))?;
-    }
+    crate::ops_do::readmit(&ctx, call.in_cs)
+        .await
+        .map_err(|e| JsErrorBox::generic(e.to_string()))?;
     Ok(value)
 }
 

@@ -591,12 +591,9 @@ fn op_sql_restore_bookmark(
             .wait()
             .await
             .map_err(|e| JsErrorBox::generic(e.0.to_string()))?;
-        if !in_cs {
-            ctx.input_gate()
-                .wait()
-                .await
-                .map_err(|e| JsErrorBox::generic(e.0.to_string()))?;
-        }
+        crate::ops_do::readmit(&ctx, in_cs)
+            .await
+            .map_err(|e| JsErrorBox::generic(e.0.to_string()))?;
         Ok(undo)
     }
 }
