@@ -227,6 +227,11 @@ pub struct DevArgs {
     /// Secret access key S3 clients sign with.
     #[arg(long, value_name = "SECRET", default_value = DEFAULT_S3_SECRET_ACCESS_KEY, requires = "s3_port")]
     pub s3_secret_access_key: String,
+
+    /// Test knob (hidden): run the KV engine's clock this many seconds ahead of the wall clock,
+    /// so a test restarts the server "later" and sees keys expire without waiting.
+    #[arg(long, value_name = "SECONDS", hide = true, default_value_t = 0)]
+    pub kv_clock_offset: i64,
 }
 
 /// Credentials the S3 endpoint accepts when none are given: for local development only.

@@ -3,14 +3,14 @@
 //!
 //! Keys we do not know produce a warning naming the key and never fail the load, because real
 //! projects carry deploy-only keys and keys newer than this reader. Bindings we do not run yet
-//! (KV, ...) warn "not supported yet" and are left out of `env`.
+//! (analytics engine, AI, ...) warn "not supported yet" and are left out of `env`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use cinder_stateless::{
-    D1DatabaseBinding, DurableObjectBinding, ModuleKind, ModuleRule, R2BucketBinding,
-    ServiceBinding, WorkerSpec,
+    D1DatabaseBinding, DurableObjectBinding, KvNamespaceBinding, ModuleKind, ModuleRule,
+    QueueConsumerConfig, QueueProducerBinding, R2BucketBinding, ServiceBinding, WorkerSpec,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -198,8 +198,10 @@ struct RawConfig {
     dev: Option<RawDev>,
     env: Option<BTreeMap<String, RawConfig>>,
 
-    // Bindings and features that exist on Cloudflare but not here yet: warned about.
+    /// `[[queues.producers]]` and `[[queues.consumers]]`, read by [`queues`].
     queues: Option<Value>,
+
+    // Bindings and features that exist on Cloudflare but not here yet: warned about.
     analytics_engine_datasets: Option<Value>,
     ai: Option<Value>,
     vectorize: Option<Value>,
@@ -350,6 +352,7 @@ fn select_env(
         top.d1_databases.is_some(),
         sel.d1_databases.is_some(),
     );
+    not_inherited("queues", top.queues.is_some(), sel.queues.is_some());
 
     sel.name = sel
         .name
@@ -540,9 +543,13 @@ fn build(
         });
     }
 
-    warn_unsupported_bindings(path, &raw.kv_namespaces, &mut warnings);
+    let kv_namespaces =
+        kv_namespaces(raw.kv_namespaces.as_deref().unwrap_or_default()).map_err(invalid)?;
+    let (queue_producers, queue_consumers) = match &raw.queues {
+        Some(v) => queues(v, &file.to_string(), &mut warnings).map_err(invalid)?,
+        None => (Vec::new(), Vec::new()),
+    };
     let others = [
-        ("queues", raw.queues.is_some()),
         (
             "analytics_engine_datasets",
             raw.analytics_engine_datasets.is_some(),
@@ -596,6 +603,9 @@ fn build(
                 })
                 .collect(),
             r2_buckets,
+            kv_namespaces,
+            queue_producers,
+            queue_consumers,
         },
         migrations,
         d1,
@@ -635,29 +645,141 @@ fn d1_databases(list: &[BTreeMap<String, Value>]) -> Result<Vec<D1Config>, Strin
     Ok(out)
 }
 
-fn warn_unsupported_bindings(path: &Path, kv: &Option<BindingList>, warnings: &mut Vec<String>) {
-    let binding_names = |list: &[BTreeMap<String, Value>], key: &str| -> String {
-        list.iter()
-            .map(|b| {
-                b.get(key)
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
-                    .to_string()
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let groups: [(&str, Option<&BindingList>, &str); 1] =
-        [("KV namespace", kv.as_ref(), "binding")];
-    for (what, list, key) in groups {
-        if let Some(list) = list.filter(|l| !l.is_empty()) {
-            warnings.push(format!(
-                "{}: {what} bindings are not supported yet; env.{} will be undefined",
-                path.display(),
-                binding_names(list, key)
+/// `[[kv_namespaces]]`: each needs a `binding`; the namespace is `id`, or the binding's name
+/// when the config leaves the id to be provisioned on deploy (as `wrangler dev` does locally).
+/// `preview_id` is for `wrangler dev --remote` and plays no part locally.
+fn kv_namespaces(list: &[BTreeMap<String, Value>]) -> Result<Vec<KvNamespaceBinding>, String> {
+    let mut out: Vec<KvNamespaceBinding> = Vec::new();
+    for (i, b) in list.iter().enumerate() {
+        let text = |key: &str| {
+            b.get(key)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        let Some(binding) = text("binding") else {
+            return Err(format!("kv_namespaces[{i}] needs `binding`"));
+        };
+        if out.iter().any(|k| k.binding == binding) {
+            return Err(format!(
+                "kv_namespaces[{i}]: binding {binding:?} is defined twice"
             ));
         }
+        let id = text("id").unwrap_or_else(|| binding.clone());
+        out.push(KvNamespaceBinding { binding, id });
     }
+    Ok(out)
+}
+
+/// `queues`: `[[queues.producers]]` ({binding, queue, delivery_delay?}) and
+/// `[[queues.consumers]]` ({queue, max_batch_size?, max_batch_timeout?, max_retries?,
+/// retry_delay?, dead_letter_queue?, max_concurrency?}). Ranges are checked when the consumer
+/// is registered (cinder-queues); here only shapes and types.
+fn queues(
+    v: &Value,
+    file: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<QueueProducerBinding>, Vec<QueueConsumerConfig>), String> {
+    let Some(obj) = v.as_object() else {
+        return Err("`queues` must be a table with `producers` and/or `consumers`".into());
+    };
+    for key in obj.keys() {
+        if key != "producers" && key != "consumers" {
+            warnings.push(format!("{file}: unknown key `queues.{key}`; ignored"));
+        }
+    }
+    let list = |key: &str| -> Result<Vec<serde_json::Map<String, Value>>, String> {
+        match obj.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    item.as_object()
+                        .cloned()
+                        .ok_or_else(|| format!("queues.{key}[{i}] must be a table"))
+                })
+                .collect(),
+            Some(_) => Err(format!("queues.{key} must be an array of tables")),
+        }
+    };
+    let text = |m: &serde_json::Map<String, Value>,
+                what: &str,
+                key: &str|
+     -> Result<Option<String>, String> {
+        match m.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            Some(_) => Err(format!("{what}.{key} must be a non-empty string")),
+        }
+    };
+    let number = |m: &serde_json::Map<String, Value>,
+                  what: &str,
+                  key: &str|
+     -> Result<Option<u32>, String> {
+        match m.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| format!("{what}.{key} must be a whole number of at least 0")),
+        }
+    };
+    let mut producers: Vec<QueueProducerBinding> = Vec::new();
+    for (i, p) in list("producers")?.iter().enumerate() {
+        let what = format!("queues.producers[{i}]");
+        let binding = text(p, &what, "binding")?.ok_or(format!("{what} needs `binding`"))?;
+        let queue = text(p, &what, "queue")?.ok_or(format!("{what} needs `queue`"))?;
+        if producers.iter().any(|x| x.binding == binding) {
+            return Err(format!("{what}: binding {binding:?} is defined twice"));
+        }
+        producers.push(QueueProducerBinding {
+            binding,
+            queue,
+            delivery_delay: number(p, &what, "delivery_delay")?,
+        });
+    }
+    let mut consumers: Vec<QueueConsumerConfig> = Vec::new();
+    for (i, c) in list("consumers")?.iter().enumerate() {
+        let what = format!("queues.consumers[{i}]");
+        let queue = text(c, &what, "queue")?.ok_or(format!("{what} needs `queue`"))?;
+        if consumers.iter().any(|x| x.queue == queue) {
+            return Err(format!("{what}: queue {queue:?} has two consumers"));
+        }
+        for key in c.keys() {
+            const KNOWN: [&str; 9] = [
+                "queue",
+                "max_batch_size",
+                "max_batch_timeout",
+                "max_retries",
+                "retry_delay",
+                "dead_letter_queue",
+                "max_concurrency",
+                "type",
+                "visibility_timeout_ms",
+            ];
+            if !KNOWN.contains(&key.as_str()) {
+                warnings.push(format!("{file}: unknown key `{what}.{key}`; ignored"));
+            }
+        }
+        if c.get("type").and_then(Value::as_str) == Some("http_pull") {
+            warnings.push(format!(
+                "{file}: {what}: pull consumers (type = \"http_pull\") are not supported; queue {queue:?} gets no consumer"
+            ));
+            continue;
+        }
+        consumers.push(QueueConsumerConfig {
+            queue,
+            max_batch_size: number(c, &what, "max_batch_size")?,
+            max_batch_timeout: number(c, &what, "max_batch_timeout")?,
+            max_retries: number(c, &what, "max_retries")?,
+            retry_delay: number(c, &what, "retry_delay")?,
+            dead_letter_queue: text(c, &what, "dead_letter_queue")?,
+            max_concurrency: number(c, &what, "max_concurrency")?,
+        });
+    }
+    Ok((producers, consumers))
 }
 
 /// `.dev.vars` (or `.dev.vars.<env>` when an environment is selected and that file exists)
@@ -861,7 +983,7 @@ ip = "0.0.0.0"
     }
 
     #[test]
-    fn unsupported_bindings_warn_and_do_not_fail() {
+    fn bindings_parse_and_unsupported_ones_warn_without_failing() {
         let dir = project(&[
             MAIN,
             (
@@ -878,6 +1000,11 @@ new_sqlite_classes = ["Counter"]
 [[kv_namespaces]]
 binding = "CACHE"
 id = "123"
+preview_id = "456"
+[[kv_namespaces]]
+binding = "NOID"
+[[analytics_engine_datasets]]
+binding = "STATS"
 [[r2_buckets]]
 binding = "FILES"
 bucket_name = "files"
@@ -890,7 +1017,24 @@ database_id = "x"
         ]);
         let cfg = load_dir(dir.path(), None).unwrap();
         let all = cfg.warnings.join("\n");
-        assert!(all.contains("env.CACHE"), "missing env.CACHE in {all}");
+        assert!(
+            all.contains("`analytics_engine_datasets` is not supported yet"),
+            "{all}"
+        );
+        assert!(!all.contains("CACHE"), "KV is supported: {all}");
+        assert_eq!(
+            cfg.spec.kv_namespaces,
+            vec![
+                KvNamespaceBinding {
+                    binding: "CACHE".into(),
+                    id: "123".into()
+                },
+                KvNamespaceBinding {
+                    binding: "NOID".into(),
+                    id: "NOID".into()
+                }
+            ]
+        );
         assert!(!all.contains("env.DB"), "D1 is supported: {all}");
         assert_eq!(
             cfg.spec.d1_databases,
@@ -921,6 +1065,78 @@ database_id = "x"
             cfg.migrations[0].new_sqlite_classes,
             vec!["Counter".to_string()]
         );
+    }
+
+    #[test]
+    fn queues_producers_and_consumers() {
+        let dir = project(&[
+            MAIN,
+            (
+                "wrangler.toml",
+                r#"
+name = "a"
+main = "src/index.js"
+[[queues.producers]]
+binding = "JOBS"
+queue = "jobs"
+delivery_delay = 5
+[[queues.consumers]]
+queue = "jobs"
+max_batch_size = 20
+max_batch_timeout = 1
+max_retries = 7
+retry_delay = 3
+dead_letter_queue = "jobs-dlq"
+max_concurrency = 2
+colour = "blue"
+[[queues.consumers]]
+queue = "jobs-dlq"
+"#,
+            ),
+        ]);
+        let cfg = load_dir(dir.path(), None).unwrap();
+        let all = cfg.warnings.join("\n");
+        assert!(!all.contains("not supported yet"), "{all}");
+        assert!(
+            all.contains("unknown key `queues.consumers[0].colour`"),
+            "{all}"
+        );
+        assert_eq!(
+            cfg.spec.queue_producers,
+            vec![QueueProducerBinding {
+                binding: "JOBS".into(),
+                queue: "jobs".into(),
+                delivery_delay: Some(5),
+            }]
+        );
+        assert_eq!(
+            cfg.spec.queue_consumers,
+            vec![
+                QueueConsumerConfig {
+                    queue: "jobs".into(),
+                    max_batch_size: Some(20),
+                    max_batch_timeout: Some(1),
+                    max_retries: Some(7),
+                    retry_delay: Some(3),
+                    dead_letter_queue: Some("jobs-dlq".into()),
+                    max_concurrency: Some(2),
+                },
+                QueueConsumerConfig {
+                    queue: "jobs-dlq".into(),
+                    ..Default::default()
+                }
+            ]
+        );
+
+        let bad = project(&[
+            MAIN,
+            (
+                "wrangler.toml",
+                "name = \"a\"\nmain = \"src/index.js\"\n[[queues.producers]]\nqueue = \"q\"\n",
+            ),
+        ]);
+        let err = load_dir(bad.path(), None).unwrap_err().to_string();
+        assert!(err.contains("queues.producers[0] needs `binding`"), "{err}");
     }
 
     #[test]

@@ -239,6 +239,7 @@ async fn dev(args: DevArgs) -> Result<(), String> {
             .map(Duration::from_millis)
             .unwrap_or(cinder_stateless::DEFAULT_HIBERNATE_AFTER),
         enable_r2: s3_listener.is_some(),
+        kv_clock_offset_ms: args.kv_clock_offset.saturating_mul(1000),
     };
     if args.allow_private_fetch {
         tracing::warn!("--allow-private-fetch: fetch() may reach loopback and private addresses");

@@ -50,3 +50,23 @@ impl Clock for ManualClock {
         self.now.load(Ordering::SeqCst)
     }
 }
+
+/// The system clock moved by a fixed offset (a test knob of the dev server: a restart with the
+/// clock ahead sees keys expire without waiting).
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetClock {
+    offset_ms: i64,
+}
+
+impl OffsetClock {
+    /// The wall clock plus `offset_ms`.
+    pub fn new(offset_ms: i64) -> OffsetClock {
+        OffsetClock { offset_ms }
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now_ms(&self) -> i64 {
+        cinder_core::now_ms().saturating_add(self.offset_ms)
+    }
+}

@@ -28,7 +28,7 @@ mod service;
 mod shard;
 
 pub use budget::OperationBudget;
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, OffsetClock, SystemClock};
 pub use error::{ErrorKind, KvError};
 pub use service::{
     CacheStatus, GetOptions, GetResult, Kv, KvConfig, KvNamespace, ListOptions, ListResult,

@@ -564,6 +564,32 @@
     op_cinder_event_done(ev.id, error);
   }
 
+  // A batch from a queue this worker consumes: `queue(batch, env, ctx)`. A throw fails the
+  // batch (messages without an explicit ack are retried); either way the explicit decisions
+  // are reported before the event ends.
+  async function onQueue(ev, handler, env) {
+    const waits = [];
+    eventWaits.set(ev.id, waits);
+    const ctx = new ExecutionContext(waits);
+    let error = "";
+    let batch = null;
+    try {
+      if (typeof handler?.queue !== "function") {
+        throw new TypeError("Handler does not export a queue() function.");
+      }
+      batch = internals.queue.takeBatch(ev.id);
+      await handler.queue(batch, env, ctx);
+    } catch (e) {
+      console.error("Uncaught", e);
+      error = errorText(e);
+    }
+    await settleAll(waits);
+    internals.queue.report(ev.id, batch);
+    eventWaits.delete(ev.id);
+    internals.rpc?.endEvent(ev.id);
+    op_cinder_event_done(ev.id, error);
+  }
+
   function buildEnv(spec) {
     const env = {};
     for (const [name, value] of spec.vars) env[name] = value;
@@ -571,6 +597,8 @@
     internals.durable?.addBindings(env, spec);
     internals.d1?.addBindings(env, spec);
     internals.r2?.addBindings(env, spec);
+    internals.kv?.addBindings(env, spec);
+    internals.queue?.addBindings(env, spec);
     return env;
   }
 
@@ -581,6 +609,7 @@
       return {
         fetch: (req, env2, ctx) => new d(ctx, env2).fetch(req),
         scheduled: (c, env2, ctx) => new d(ctx, env2).scheduled(c),
+        queue: (b, env2, ctx) => new d(ctx, env2).queue(b),
       };
     }
     return d;
@@ -636,6 +665,7 @@
       core.setAsyncContext({ rid: ev.requestId, eid: ev.id, obj: 0, cs: 0 });
       try {
         if (ev.kind === "fetch") onFetch(ev, handler, env);
+        else if (ev.kind === "queue") onQueue(ev, handler, env);
         else onScheduled(ev, handler, env);
       } finally {
         core.setAsyncContext(undefined);

@@ -19,6 +19,14 @@ pub(crate) enum Event {
         time_ms: i64,
         reply: oneshot::Sender<Result<(), HostError>>,
     },
+    /// A batch for the worker's `queue()` handler; JS leaves its explicit decisions in
+    /// `decisions`, and `reply` says whether the handler threw.
+    Queue {
+        request_id: String,
+        batch: cinder_queues::MessageBatch,
+        decisions: crate::queues::DecisionSlot,
+        reply: oneshot::Sender<Result<(), HostError>>,
+    },
 }
 
 /// Why an isolate stopped before its events finished.

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cinder_core::{IdFactory, NamespaceSpec, Runtime, RuntimeConfig};
+use cinder_kv::{Kv, KvConfig};
 use cinder_r2::{R2Engine, R2Service};
 use cinder_storage::{Store, StoreConfig};
 use tokio::sync::oneshot;
@@ -48,6 +49,10 @@ pub(crate) struct HostInner {
     pub(crate) net: Option<tokio::runtime::Handle>,
     /// This node's R2 buckets, when a worker binds one or [`HostConfig::enable_r2`].
     pub(crate) r2: Option<R2Service>,
+    /// This node's KV engine, when a worker binds a namespace.
+    pub(crate) kv: Option<Kv>,
+    /// This node's queues, when a worker produces to or consumes one.
+    pub(crate) queues: Option<cinder_queues::Queues>,
 }
 
 /// The isolate holding an exported value.
@@ -153,6 +158,8 @@ fn prepare(
             "durableObjects": spec.durable_objects.iter().map(|b| serde_json::json!([b.binding, do_namespaces[&b.binding]])).collect::<Vec<_>>(),
             "classes": spec.classes.iter().map(|c| serde_json::json!([c.class_name, c.sqlite])).collect::<Vec<_>>(),
             "r2Buckets": spec.r2_buckets.iter().map(|b| b.binding.clone()).collect::<Vec<_>>(),
+            "kvNamespaces": spec.kv_namespaces.iter().map(|b| b.binding.clone()).collect::<Vec<_>>(),
+            "queueProducers": spec.queue_producers.iter().map(|b| b.binding.clone()).collect::<Vec<_>>(),
             "r2ListHonorsInclude": r2_list_honors_include(spec),
             "d1": spec.d1_databases.iter().map(|d| serde_json::json!([d.binding])).collect::<Vec<_>>(),
         });
@@ -240,6 +247,20 @@ fn start_r2(engine: R2Engine, runtime: &Runtime, cfg: &HostConfig) -> Result<R2S
         .map_err(|e| LoadError::Thread(format!("starting R2: {e}")))
 }
 
+/// The KV engine, when a worker binds a namespace. Its data lives in the node's store (under
+/// `<state_dir>/store`) as objects of the internal namespace [`cinder_kv::INTERNAL_NAMESPACE`],
+/// so it is kept with `--persist-to` like Durable Object storage.
+fn open_kv(cfg: &HostConfig) -> Option<Kv> {
+    if cfg.workers.iter().all(|w| w.kv_namespaces.is_empty()) {
+        return None;
+    }
+    let mut kv_cfg = KvConfig::default();
+    if cfg.kv_clock_offset_ms != 0 {
+        kv_cfg.clock = Arc::new(cinder_kv::OffsetClock::new(cfg.kv_clock_offset_ms));
+    }
+    Some(Kv::new(kv_cfg))
+}
+
 /// One core namespace per Durable Object class of every worker.
 fn namespaces(cfg: &HostConfig) -> Vec<NamespaceSpec> {
     cfg.workers
@@ -314,9 +335,17 @@ impl Host {
             ..RuntimeConfig::default()
         };
         let r2_engine = open_r2(&cfg, &state_dir)?;
+        let kv = open_kv(&cfg);
         let mut specs = namespaces(&cfg);
         if let Some(engine) = &r2_engine {
             specs.extend(engine.namespaces());
+        }
+        if let Some(kv) = &kv {
+            specs.extend(kv.namespaces());
+        }
+        let queues = crate::queues::open(&cfg);
+        if let Some(q) = &queues {
+            specs.extend(q.namespaces());
         }
         // Every D1 database is an object of this internal namespace (cinder-d1).
         specs.push(cinder_d1::namespace_spec());
@@ -329,6 +358,14 @@ impl Host {
                 return Err(e);
             }
         };
+        if let Some(Err(e)) = kv.as_ref().map(|kv| kv.attach(&runtime)) {
+            runtime.shutdown();
+            return Err(LoadError::Thread(format!("starting KV: {e}")));
+        }
+        if let Some(Err(e)) = queues.as_ref().map(|q| q.attach(&runtime)) {
+            runtime.shutdown();
+            return Err(LoadError::Thread(format!("starting queues: {e}")));
+        }
 
         let mut start_err = None;
         let mut logged = std::collections::HashSet::new();
@@ -379,8 +416,17 @@ impl Host {
             busy,
             net: tokio::runtime::Handle::try_current().ok(),
             r2,
+            kv,
+            queues,
         });
         let _ = host_cell.set(Arc::downgrade(&inner));
+        // Consumers start last: a batch delivered at once needs the host to dispatch it.
+        if let Some(q) = &inner.queues {
+            if let Err(e) = crate::queues::start(q, &cfg, Arc::downgrade(&inner)) {
+                inner.runtime.shutdown();
+                return Err(e);
+            }
+        }
         Ok(Host { inner })
     }
 
@@ -486,7 +532,7 @@ impl HostInner {
             .unwrap_or(start % n)
     }
 
-    fn request_id(&self) -> String {
+    pub(crate) fn request_id(&self) -> String {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
         format!("{:016x}", self.request_base.wrapping_add(n))
     }
@@ -494,7 +540,7 @@ impl HostInner {
     /// Hands the event to an executor thread (round robin); `Err` gives it back when the
     /// runtime is shut down, so the caller can answer it.
     #[allow(clippy::result_large_err)]
-    fn send(&self, worker: &str, event: Event) -> Result<(), Event> {
+    pub(crate) fn send(&self, worker: &str, event: Event) -> Result<(), Event> {
         let i = self.pick_thread();
         let slot = Arc::new(std::sync::Mutex::new(Some(event)));
         let taken = slot.clone();

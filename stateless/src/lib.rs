@@ -65,10 +65,13 @@ mod netguard;
 mod ops;
 mod ops_d1;
 mod ops_do;
+mod ops_kv;
+mod ops_queue;
 mod ops_r2;
 mod ops_rpc;
 mod ops_sql;
 mod ops_ws;
+mod queues;
 mod snapshot;
 mod sql_memory;
 mod state;
@@ -116,6 +119,45 @@ pub struct WorkerSpec {
     pub r2_buckets: Vec<R2BucketBinding>,
     /// `d1_databases`: `env.<binding>` is a D1 database.
     pub d1_databases: Vec<D1DatabaseBinding>,
+    /// `kv_namespaces`: `env.<binding>` is a `KVNamespace` of this node's KV engine.
+    pub kv_namespaces: Vec<KvNamespaceBinding>,
+    /// `queues.producers`: `env.<binding>` is a `Queue` that sends to a queue of this node.
+    pub queue_producers: Vec<QueueProducerBinding>,
+    /// `queues.consumers`: this worker's `queue()` handler consumes these queues.
+    pub queue_consumers: Vec<QueueConsumerConfig>,
+}
+
+/// One `[[queues.producers]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueProducerBinding {
+    pub binding: String,
+    /// The queue's name; producers and consumers naming it share it.
+    pub queue: String,
+    /// `delivery_delay`: seconds every message waits unless its send gives `delaySeconds`.
+    pub delivery_delay: Option<u32>,
+}
+
+/// One `[[queues.consumers]]` entry; `None` takes Cloudflare's default.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueConsumerConfig {
+    pub queue: String,
+    pub max_batch_size: Option<u32>,
+    /// Seconds.
+    pub max_batch_timeout: Option<u32>,
+    pub max_retries: Option<u32>,
+    /// Seconds.
+    pub retry_delay: Option<u32>,
+    pub dead_letter_queue: Option<String>,
+    pub max_concurrency: Option<u32>,
+}
+
+/// One `[[kv_namespaces]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvNamespaceBinding {
+    pub binding: String,
+    /// The namespace's identity (wrangler's `id`, else the binding name, as `wrangler dev`
+    /// does locally): workers naming the same id share the keys.
+    pub id: String,
 }
 
 /// One `[[r2_buckets]]` entry.
@@ -216,6 +258,9 @@ pub struct HostConfig {
     /// gateway's S3 endpoint serves it through [`Host::r2`]. Workers with `r2_buckets` open it
     /// anyway.
     pub enable_r2: bool,
+    /// Moves the KV engine's clock (expirations, read-cache TTLs) this many ms ahead of the
+    /// wall clock. For tests that need a key to expire without waiting a minute; 0 otherwise.
+    pub kv_clock_offset_ms: i64,
 }
 
 /// Cloudflare's hibernation delay.
@@ -232,6 +277,7 @@ impl Default for HostConfig {
             durability: Durability::Fsync,
             hibernate_after: DEFAULT_HIBERNATE_AFTER,
             enable_r2: false,
+            kv_clock_offset_ms: 0,
         }
     }
 }

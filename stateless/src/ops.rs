@@ -146,6 +146,33 @@ pub(crate) fn admit(st: &IsolateState, event: Event) -> u32 {
             };
             (request_id, Reply::Scheduled(Some(reply)), ev)
         }
+        Event::Queue {
+            request_id,
+            batch,
+            decisions,
+            reply,
+        } => {
+            let ev = JsEvent {
+                kind: "queue",
+                id,
+                request_id: request_id.clone(),
+                method: String::new(),
+                url: String::new(),
+                headers: Vec::new(),
+                body: None,
+                cron: batch.queue.clone(),
+                scheduled_time: 0.0,
+            };
+            st.queue_deliveries.borrow_mut().insert(
+                id,
+                crate::queues::Delivery {
+                    batch: Some(batch),
+                    decisions,
+                },
+            );
+            // Same answer as `scheduled`: whether the handler threw.
+            (request_id, Reply::Scheduled(Some(reply)), ev)
+        }
     };
     st.inflight.borrow_mut().insert(
         id,
@@ -310,6 +337,8 @@ fn op_cinder_respond_error(state: &mut OpState, #[smi] id: u32, #[string] _messa
 #[op2(fast)]
 fn op_cinder_event_done(state: &mut OpState, #[smi] id: u32, #[string] error: &str) {
     let Some(st) = isolate(state) else { return };
+    st.kv_budgets.borrow_mut().remove(&id);
+    st.queue_deliveries.borrow_mut().remove(&id);
     let Some(done) = st.inflight.borrow_mut().remove(&id) else {
         return;
     };

@@ -35,14 +35,17 @@ pub(crate) fn extensions() -> Vec<Extension> {
         crate::ops_rpc::cinder_rpc::init(),
         crate::ops_ws::cinder_ws::init(),
         crate::ops_r2::cinder_r2_binding::init(),
+        crate::ops_kv::cinder_kv_binding::init(),
+        crate::ops_queue::cinder_queue_binding::init(),
         crate::ops_sql::cinder_sql_ops::init(),
         crate::ops_d1::cinder_d1_ops::init(),
     ]
 }
 
 /// The isolate's JS, run in this order while the snapshot is built: the Web-API globals and
-/// stateless events, JS RPC, Durable Objects, WebSockets, R2 bindings, SQL storage, D1.
-const SCRIPTS: [(&str, &str); 7] = [
+/// stateless events, JS RPC, Durable Objects, WebSockets, R2, KV and Queues bindings, SQL
+/// storage, D1.
+const SCRIPTS: [(&str, &str); 9] = [
     (
         "ext:cinder/bootstrap.js",
         include_str!("../js/bootstrap.js"),
@@ -54,6 +57,8 @@ const SCRIPTS: [(&str, &str); 7] = [
         include_str!("../js/websocket.js"),
     ),
     ("ext:cinder/r2.js", include_str!("../js/r2.js")),
+    ("ext:cinder/kv.js", include_str!("../js/kv.js")),
+    ("ext:cinder/queue.js", include_str!("../js/queue.js")),
     ("ext:cinder/sql.js", include_str!("../js/sql.js")),
     ("ext:cinder/d1.js", include_str!("../js/d1.js")),
 ];

@@ -103,6 +103,11 @@ pub(crate) struct IsolateState {
     pub touched: RefCell<Vec<u32>>,
     /// Open `transaction()` bodies, by token.
     pub transactions: RefCell<HashMap<u32, crate::ops_do::TxnChannel>>,
+    /// KV operations each event in flight has made (Cloudflare's 1,000 per invocation), by
+    /// event id; dropped when the event ends.
+    pub kv_budgets: RefCell<HashMap<u32, cinder_kv::OperationBudget>>,
+    /// Queue batches handed to JS, by event id, until JS reports its decisions.
+    pub queue_deliveries: RefCell<HashMap<u32, crate::queues::Delivery>>,
 }
 
 impl IsolateState {
@@ -128,6 +133,8 @@ impl IsolateState {
             touched: RefCell::new(Vec::new()),
             open_sockets: Cell::new(0),
             ws_send_queues: RefCell::new(HashMap::new()),
+            kv_budgets: RefCell::new(HashMap::new()),
+            queue_deliveries: RefCell::new(HashMap::new()),
         }
     }
 

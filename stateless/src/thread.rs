@@ -224,7 +224,7 @@ fn answer(event: Event, why: Unavailable, worker: &str) {
         Event::Fetch { reply, .. } => {
             let _ = reply.send(unavailable_response(why, worker));
         }
-        Event::Scheduled { reply, .. } => {
+        Event::Scheduled { reply, .. } | Event::Queue { reply, .. } => {
             let _ = reply.send(Err(match why {
                 Unavailable::ShuttingDown => HostError::Shutdown,
                 Unavailable::NotOnThisNode => HostError::NoSuchWorker(worker.to_string()),
@@ -243,7 +243,7 @@ fn answer_load_failure(event: Event, worker: &str, err: &str) {
                 &format!("Worker failed to load: {err}"),
             ));
         }
-        Event::Scheduled { reply, .. } => {
+        Event::Scheduled { reply, .. } | Event::Queue { reply, .. } => {
             let _ = reply.send(Err(HostError::LoadFailed {
                 worker: worker.to_string(),
                 message: err.to_string(),

@@ -27,7 +27,7 @@ fn unknown_keys_warn_but_the_worker_runs() {
     let toml = dir.path().join("wrangler.toml");
     let mut text = std::fs::read_to_string(&toml).unwrap();
     text.insert_str(0, "frobnicate = true\n");
-    text.push_str("\n[[kv_namespaces]]\nbinding = \"CACHE\"\nid = \"abc\"\n");
+    text.push_str("\n[[analytics_engine_datasets]]\nbinding = \"STATS\"\n");
     std::fs::write(&toml, text).unwrap();
 
     let server = Server::start(&[dir.path().to_str().unwrap()]);
@@ -36,11 +36,11 @@ fn unknown_keys_warn_but_the_worker_runs() {
     let log = server.log_where(|l| {
         l.contains("unknown key `frobnicate`")
             && l.contains("not supported yet")
-            && l.contains("CACHE")
+            && l.contains("analytics_engine_datasets")
     });
     assert!(log.contains("unknown key `frobnicate`"), "{log}");
     assert!(
-        log.contains("not supported yet") && log.contains("CACHE"),
+        log.contains("not supported yet") && log.contains("analytics_engine_datasets"),
         "{log}"
     );
 }
