@@ -5,7 +5,7 @@
 //! Cloudflare (`TypeError` for a key the binding refuses, `Error("KV PUT failed: 413 ...")`
 //! for what the service refuses).
 //!
-//! Every call is charged to its invocation's [`OperationBudget`] (1,000 operations), kept per
+//! Every call is charged to its invocation's [`cinder_kv::OperationBudget`] (1,000 operations), kept per
 //! event in [`IsolateState::kv_budgets`] and dropped when the event ends.
 //!
 //! From a Durable Object a write (put, delete) waits for the object's output gate before it
@@ -16,7 +16,7 @@ use std::future::Future;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use cinder_kv::{ErrorKind, GetOptions, KvError, KvNamespace, ListOptions, OperationBudget};
+use cinder_kv::{ErrorKind, GetOptions, KvError, KvNamespace, ListOptions};
 use deno_core::{op2, JsBuffer, OpState, ToJsBuffer};
 use deno_error::JsErrorBox;
 use serde::{Deserialize, Serialize};
@@ -83,7 +83,7 @@ fn namespace(st: &IsolateState, call: &Call) -> Result<KvNamespace, JsErrorBox> 
             .kv_budgets
             .borrow_mut()
             .entry(call.eid)
-            .or_insert_with(OperationBudget::default)
+            .or_default()
             .clone();
         return Ok(ns.with_budget(budget));
     }
@@ -194,6 +194,9 @@ fn op_kv_get(
     }
 }
 
+/// One key of a bulk get: the key, its value as text and its metadata JSON.
+type BulkEntry = (String, Option<String>, Option<String>);
+
 /// Bulk `get([keys], type)`: `[key, text, metadata]` per requested key (text `None` when the
 /// key is absent), in request order. Only `text` and `json` are served, as on Cloudflare; for
 /// `json` every value must parse.
@@ -206,7 +209,7 @@ fn op_kv_get_bulk(
     #[string] type_name: String,
     #[serde] opts: JsGetOptions,
     with_metadata: bool,
-) -> impl Future<Output = Result<Vec<(String, Option<String>, Option<String>)>, JsErrorBox>> {
+) -> impl Future<Output = Result<Vec<BulkEntry>, JsErrorBox>> {
     let prepared = prepare(state, &call);
     async move {
         let (st, ns) = prepared?;
