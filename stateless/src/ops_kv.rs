@@ -5,8 +5,8 @@
 //! Cloudflare (`TypeError` for a key the binding refuses, `Error("KV PUT failed: 413 ...")`
 //! for what the service refuses).
 //!
-//! Every call is charged to its invocation's [`cinder_kv::OperationBudget`] (1,000 operations), kept per
-//! event in [`IsolateState::kv_budgets`] and dropped when the event ends.
+//! Every call is charged to its invocation's [`cinder_kv::OperationBudget`] (1,000
+//! operations), kept per event in [`IsolateState::kv_budgets`] and dropped when the event ends.
 //!
 //! From a Durable Object a write (put, delete) waits for the object's output gate before it
 //! starts, so the object's earlier storage writes are durable before anything depending on them

@@ -1,6 +1,6 @@
 //! Queues (`queues.producers` / `queues.consumers`) against the real binary, with the fixture
 //! tests/fixtures/queues: its consumer records each delivery in KV and the tests read the
-//! records over HTTP, polling with a deadline (never sleeping a fixed time).
+//! records over HTTP, polling until a deadline rather than waiting a fixed time.
 
 use std::time::{Duration, Instant};
 
@@ -227,4 +227,29 @@ fn delays_hold_messages_back() {
     assert!(d[0]["waitedMs"].as_i64().unwrap() >= 1900, "{d:#?}");
     let p = seen_until(&server, "producer-delay", |r| !r.is_empty());
     assert!(p[0]["waitedMs"].as_i64().unwrap() >= 900, "{p:#?}");
+}
+
+#[test]
+fn a_sent_message_survives_kill_9_and_is_delivered_after_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let fixture = queues_fixture();
+    {
+        let server = Server::start_in(state.path(), &[&fixture]);
+        // Held back 3 s, so the server is killed before it is due: once `send` resolved the
+        // message must be on disk.
+        post(
+            &server,
+            "/send",
+            json!({"body": "survivor:ok", "contentType": "text", "delaySeconds": 3}),
+        );
+        drop(server); // SIGKILL
+    }
+    let server = Server::start_in(state.path(), &[&fixture]);
+    let records = seen_until(&server, "survivor", |r| !r.is_empty());
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["attempts"], 1, "{records:#?}");
+    assert!(
+        records[0]["waitedMs"].as_i64().unwrap() >= 2900,
+        "{records:#?}"
+    );
 }
