@@ -253,3 +253,22 @@ fn a_sent_message_survives_kill_9_and_is_delivered_after_restart() {
         "{records:#?}"
     );
 }
+
+#[test]
+fn a_durable_object_sends() {
+    let server = Server::start(&[&queues_fixture()]);
+    let resp = server.get("/do-send");
+    assert_eq!(resp.status(), 200, "{}", server.stderr());
+    assert_eq!(resp.text().unwrap(), "1");
+    let records = seen_until(&server, "from-do", |r| r.len() >= 2);
+    let mut bodies: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["body"]["value"].as_str())
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        vec!["from-do:ok:1", "from-do:ok:1b"],
+        "{records:#?}"
+    );
+}
