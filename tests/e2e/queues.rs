@@ -171,6 +171,19 @@ fn explicit_ack_and_retry_decide_over_the_handler_result() {
     assert_eq!(again[0]["attempts"], 1);
     assert_eq!(again[1]["attempts"], 2);
 
+    // retry({delaySeconds}) holds the next attempt back.
+    post(
+        &server,
+        "/send",
+        json!({"body": "later:retry-later", "contentType": "text"}),
+    );
+    let later = seen_until(&server, "later", |r| r.len() >= 2);
+    assert_eq!(later[1]["attempts"], 2, "{later:#?}");
+    assert!(
+        later[1]["waitedMs"].as_i64().unwrap() >= 950,
+        "the retry waited its delay: {later:#?}"
+    );
+
     post(
         &server,
         "/send",
