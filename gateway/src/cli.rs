@@ -40,7 +40,9 @@ pub enum Command {
     /// Query and migrate the project's local D1 databases (like `wrangler d1 … --local`).
     #[command(subcommand)]
     D1(D1Command),
-    /// Run one node of a cluster (not implemented yet).
+    /// Run a node hosting several projects, routed by their wrangler routes; SIGHUP deploys
+    /// changed code without dropping requests.
+    #[command(after_long_help = SERVE_HELP)]
     Serve(ServeArgs),
 }
 
@@ -245,11 +247,31 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
     }
 }
 
+const SERVE_HELP: &str = "Examples:\n  \
+  cinder serve --config node.toml                 the projects and settings of node.toml\n  \
+  cinder serve --config node.toml --state /var/lib/cinder --listen 0.0.0.0:80\n  \
+  kill -HUP <pid>                                 deploy changed projects without dropping requests\n\n\
+node.toml (relative paths are relative to it):\n  \
+  [node]\n  \
+  listen = \"0.0.0.0:8080\"\n  \
+  state = \"/var/lib/cinder\"\n\n  \
+  [[project]]\n  \
+  path = \"/srv/shop\"      # its wrangler routes decide which requests it gets\n\n\
+The README's \"cinder serve\" section lists every key.";
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Cluster configuration file.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    /// The node's configuration file (node.toml).
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: PathBuf,
+
+    /// Directory of the node's state [default: `[node] state` of the config].
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+
+    /// Address to listen on [default: `[node] listen`, else 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::migrations::{self, Migration};
+use crate::routes::RoutePattern;
 use crate::{devvars, jsonc};
 
 /// A binding list as written: each entry's keys, kept loosely typed.
@@ -55,6 +56,8 @@ pub struct WorkerConfig {
     pub d1: Vec<D1Config>,
     /// `no_bundle = true`: run `main` as it is even if it imports packages.
     pub no_bundle: bool,
+    /// `route` / `routes` (custom domains included): what `cinder serve` sends to this worker.
+    pub routes: Vec<RoutePattern>,
     /// `[dev]` `ip` and `port`: defaults for `cinder dev` when the flags are absent.
     pub dev_ip: Option<String>,
     pub dev_port: Option<u16>,
@@ -364,6 +367,8 @@ fn select_env(
     sel.triggers = sel.triggers.or(top.triggers);
     sel.limits = sel.limits.or(top.limits);
     sel.dev = sel.dev.or(top.dev);
+    sel.route = sel.route.or(top.route);
+    sel.routes = sel.routes.or(top.routes);
     sel.migrations = sel.migrations.or(top.migrations);
     Ok(sel)
 }
@@ -575,6 +580,8 @@ fn build(
         }
     }
 
+    let routes = routes(raw.route.as_ref(), raw.routes.as_ref()).map_err(invalid)?;
+
     let (dev_ip, dev_port) = match raw.dev {
         Some(d) => (d.ip, d.port),
         None => (None, None),
@@ -614,10 +621,50 @@ fn build(
             .as_ref()
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        routes,
         dev_ip,
         dev_port,
         warnings,
     })
+}
+
+/// `route` (one) and `routes` (a list): each a pattern string or `{ pattern, zone_name |
+/// zone_id, custom_domain }`.
+fn routes(route: Option<&Value>, routes: Option<&Value>) -> Result<Vec<RoutePattern>, String> {
+    let mut entries: Vec<(String, &Value)> = Vec::new();
+    if let Some(r) = route {
+        entries.push(("route".to_string(), r));
+    }
+    match routes {
+        None => {}
+        Some(Value::Array(list)) => entries.extend(
+            list.iter()
+                .enumerate()
+                .map(|(i, r)| (format!("routes[{i}]"), r)),
+        ),
+        Some(_) => return Err("`routes` must be a list of route patterns".to_string()),
+    }
+    entries
+        .into_iter()
+        .map(|(key, entry)| {
+            let (pattern, custom) = match entry {
+                Value::String(p) => (p.as_str(), false),
+                Value::Object(o) => match o.get("pattern").and_then(Value::as_str) {
+                    Some(p) => (
+                        p,
+                        o.get("custom_domain").and_then(Value::as_bool) == Some(true),
+                    ),
+                    None => return Err(format!("{key} needs a `pattern`")),
+                },
+                _ => {
+                    return Err(format!(
+                        "{key} must be a pattern string or {{ pattern = \"...\" }}"
+                    ))
+                }
+            };
+            RoutePattern::parse(pattern, custom).map_err(|e| format!("{key}: {e}"))
+        })
+        .collect()
 }
 
 /// `[[d1_databases]]`: each needs a `binding`, and bindings must differ.

@@ -1,4 +1,5 @@
-//! The HTTP front door: every request goes to the primary worker, bodies streamed both ways.
+//! The HTTP front door: a request goes to the primary worker (`cinder dev`) or to the worker
+//! whose route matches it (`cinder serve`, [`crate::routes`]), bodies streamed both ways.
 //!
 //! The handler hands axum's request body to the engine as it is (the engine's `Body` is
 //! `axum::body::Body`), and returns the engine's response body as it is, so neither direction
@@ -14,11 +15,20 @@ use axum::http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use axum::Router;
 use cinder_stateless::Host;
 
+use crate::routes::RouteTable;
+
+/// Which worker answers a request.
+pub enum Dispatch {
+    /// Every request to one worker (`cinder dev`: the first config of the run).
+    Primary(String),
+    /// By route pattern (`cinder serve`); replaced whole when the node reloads.
+    Routes(std::sync::RwLock<Arc<RouteTable>>),
+}
+
 /// What every request handler needs.
 pub struct Front {
     pub host: Host,
-    /// The worker that receives HTTP traffic (the first config of the run).
-    pub primary: String,
+    pub dispatch: Dispatch,
     /// Its first cron trigger, used when `/__scheduled` names none.
     pub default_cron: String,
     /// Whether `/__scheduled` is routed to the scheduled handler (`--test-scheduled`).
@@ -41,13 +51,23 @@ async fn handle(
     let path = req.uri().path();
     // `/cdn-cgi/handler/scheduled` is what current wrangler serves; `/__scheduled` is the
     // older route, opt-in because a worker may own that path.
-    if path == "/cdn-cgi/handler/scheduled" || (front.test_scheduled && path == "/__scheduled") {
-        return scheduled(&front, req.uri()).await;
+    if let Dispatch::Primary(primary) = &front.dispatch {
+        if path == "/cdn-cgi/handler/scheduled" || (front.test_scheduled && path == "/__scheduled")
+        {
+            return scheduled(&front, primary, req.uri()).await;
+        }
     }
     match absolute_uri(&req, front.local_addr) {
         Ok(uri) => *req.uri_mut() = uri,
         Err(message) => return plain(StatusCode::BAD_REQUEST, message),
     }
+    let worker = match &front.dispatch {
+        Dispatch::Primary(primary) => primary.clone(),
+        Dispatch::Routes(table) => match route(&req, table) {
+            Ok(worker) => worker,
+            Err(resp) => return resp,
+        },
+    };
     if let Ok(ip) = HeaderValue::from_str(&peer.ip().to_string()) {
         // Cloudflare sets this on every request; workers read it for the client address.
         req.headers_mut().insert("cf-connecting-ip", ip);
@@ -72,7 +92,7 @@ async fn handle(
     let req = req.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
     let mut req = req;
     let upgrade = crate::websocket::UpgradeRequest::take(&mut req);
-    let resp = front.host.fetch(&front.primary, req).await;
+    let resp = front.host.fetch(&worker, req).await;
     match resp
         .extensions()
         .get::<cinder_stateless::WsHandoff>()
@@ -85,6 +105,38 @@ async fn handle(
         }
         _ => resp,
     }
+}
+
+/// The worker whose route matches the request (its URL already absolute), or the `404`.
+#[allow(clippy::result_large_err)]
+fn route(
+    req: &Request<Body>,
+    table: &std::sync::RwLock<Arc<RouteTable>>,
+) -> Result<String, Response<Body>> {
+    let uri = req.uri();
+    let host = uri.host().unwrap_or_default();
+    // Behind a TLS-terminating proxy the scheme is the one the client used.
+    let https = req
+        .headers()
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .map_or(uri.scheme_str() == Some("https"), |p| {
+            p.eq_ignore_ascii_case("https")
+        });
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let table = table
+        .read()
+        .map(|t| t.clone())
+        .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+    table
+        .lookup(host, https, path)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            plain(
+                StatusCode::NOT_FOUND,
+                format!("No worker on this node has a route matching {host}{path}\n"),
+            )
+        })
 }
 
 /// Workers see `request.url` as an absolute URL: scheme, the Host the client asked for, path.
@@ -105,7 +157,7 @@ fn absolute_uri(req: &Request<Body>, local: SocketAddr) -> Result<Uri, String> {
         .map_err(|e| format!("bad request target: {e}\n"))
 }
 
-async fn scheduled(front: &Front, uri: &Uri) -> Response<Body> {
+async fn scheduled(front: &Front, primary: &str, uri: &Uri) -> Response<Body> {
     let query: HashMap<String, String> = Query::try_from_uri(uri)
         .map(|Query(q)| q)
         .unwrap_or_default();
@@ -126,10 +178,10 @@ async fn scheduled(front: &Front, uri: &Uri) -> Response<Body> {
             }
         },
     };
-    match front.host.scheduled(&front.primary, &cron, time).await {
+    match front.host.scheduled(primary, &cron, time).await {
         Ok(()) => plain(StatusCode::OK, "Ran scheduled event\n".to_string()),
         Err(e) => {
-            tracing::error!(worker = %front.primary, %cron, "scheduled event failed: {e}");
+            tracing::error!(worker = %primary, %cron, "scheduled event failed: {e}");
             plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
         }
     }

@@ -53,6 +53,10 @@ pub(crate) struct HostInner {
     pub(crate) kv: Option<Kv>,
     /// This node's queues, when a worker produces to or consumes one.
     pub(crate) queues: Option<cinder_queues::Queues>,
+    /// The configuration the workers run with now: [`Host::redeploy`] swaps one worker's spec.
+    config: tokio::sync::Mutex<HostConfig>,
+    /// What every worker's context reaches the host through (set once it exists).
+    cell: Arc<OnceLock<std::sync::Weak<HostInner>>>,
 }
 
 /// The isolate holding an exported value.
@@ -418,6 +422,8 @@ impl Host {
             r2,
             kv,
             queues,
+            config: tokio::sync::Mutex::new(cfg.clone()),
+            cell: host_cell.clone(),
         });
         let _ = host_cell.set(Arc::downgrade(&inner));
         // Consumers start last: a batch delivered at once needs the host to dispatch it.
@@ -506,6 +512,75 @@ impl Host {
     /// Open WebSockets on this node.
     pub fn open_sockets(&self) -> usize {
         self.inner.sockets.count()
+    }
+
+    /// Switches worker `spec.name` to new code without dropping a request: each executor thread
+    /// loads the new version into a new isolate and sends new events there, while events
+    /// already running in the old isolate finish in it (no event ever sees both versions).
+    /// Durable Objects of the worker's classes are reset once (storage intact) and come back
+    /// on the new code. The new version may change code, vars and limits, not which Durable
+    /// Object classes it declares or which buckets it binds (those need a restart); if it fails
+    /// to load, the old version keeps serving and the error is returned.
+    pub async fn redeploy(&self, spec: crate::WorkerSpec) -> Result<(), LoadError> {
+        let mut config = self.inner.config.lock().await;
+        let err = |message: String| LoadError::Config {
+            worker: spec.name.clone(),
+            message,
+        };
+        let Some(at) = config.workers.iter().position(|w| w.name == spec.name) else {
+            return Err(err("no worker of that name runs on this node".into()));
+        };
+        let old = &config.workers[at];
+        if old.classes != spec.classes {
+            return Err(err(
+                "the new version declares other Durable Object classes; restart the node to apply migrations".into(),
+            ));
+        }
+        if old.r2_buckets != spec.r2_buckets {
+            return Err(err(
+                "the new version binds other R2 buckets; restart the node to change them".into(),
+            ));
+        }
+        let mut next = config.clone();
+        next.workers[at] = spec.clone();
+        let shared = prepare(&next, &self.inner.cell)?
+            .into_iter()
+            .find(|w| w.ctx.spec.name == spec.name)
+            .ok_or_else(|| err("the new version was not prepared".into()))?;
+        // Every thread loads it first, then switches; a thread whose load fails keeps the old
+        // version, which can only be a load error that depends on the thread (none is known).
+        let mut waits = Vec::with_capacity(self.inner.threads);
+        for i in 0..self.inner.threads {
+            let (tx, rx) = oneshot::channel();
+            let shared = shared.clone();
+            self.inner
+                .runtime
+                .run_on(
+                    i,
+                    Box::new(move || {
+                        tokio::task::spawn_local(async move {
+                            let _ = tx.send(thread::redeploy(shared).await);
+                        });
+                    }),
+                )
+                .map_err(|_| LoadError::Thread("the node is shutting down".into()))?;
+            waits.push(rx);
+        }
+        let mut first_err = None;
+        for rx in waits {
+            let r = rx
+                .await
+                .unwrap_or_else(|_| Err(LoadError::Thread("executor thread stopped".into())));
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        *config = next;
+        tracing::info!(worker = %spec.name, "new version deployed");
+        Ok(())
     }
 
     /// Stops taking events, lets in-flight ones finish (bounded), and ends the threads.

@@ -316,6 +316,12 @@ async fn serve(w: Arc<WorkerShared>, mut iso: Rc<Isolate>) {
             Ok(()) => return,
             Err(stop) => stop,
         };
+        // A redeploy may have put a newer version in charge meanwhile: this one only fails
+        // what it still had in flight and leaves the thread's table alone.
+        if !is_current(&name, &iso) {
+            fail_inflight(&iso.state, stop, w.cpu_limit);
+            return;
+        }
         if stop == Stop::Crashed {
             tracing::error!(worker = %name, "isolate crashed; recreating it");
         }
@@ -361,6 +367,57 @@ async fn serve(w: Arc<WorkerShared>, mut iso: Rc<Isolate>) {
             iso.enter_event(ev);
         }
     }
+}
+
+fn is_current(worker: &str, iso: &Rc<Isolate>) -> bool {
+    this_thread().is_some_and(|thread| {
+        thread
+            .workers
+            .borrow()
+            .get(worker)
+            .and_then(|w| w.current.as_ref())
+            .is_some_and(|c| Rc::ptr_eq(c, iso))
+    })
+}
+
+/// Runs on an executor thread: loads `new` (a new version of a worker already here) into a new
+/// isolate, then makes it the one that takes this worker's events. The old isolate finishes
+/// the events it has in flight and ends; the worker's Durable Objects on this thread are
+/// reset (storage intact), so their next event constructs them from the new code, as a
+/// deploy does on Cloudflare. If the new version fails to load, the old one keeps serving.
+pub(crate) async fn redeploy(new: Arc<WorkerShared>) -> Result<(), LoadError> {
+    let thread = this_thread().ok_or_else(|| LoadError::Thread("not an executor".into()))?;
+    let name = new.ctx.spec.name.clone();
+    let iso = Isolate::create(&new, &thread.slot, &thread.spare).await?;
+    let (old, waiting) = {
+        let mut workers = thread.workers.borrow_mut();
+        let slot = workers.get_mut(&name).ok_or_else(|| LoadError::Config {
+            worker: name.clone(),
+            message: "not running on this node".into(),
+        })?;
+        if slot.closed {
+            return Err(LoadError::Thread("the node is shutting down".into()));
+        }
+        slot.shared = new.clone();
+        slot.failed = None;
+        let old = slot.current.replace(iso.clone());
+        (old, std::mem::take(&mut slot.waiting))
+    };
+    let task = tokio::task::spawn_local(serve(new, iso.clone()));
+    thread.serving.borrow_mut().push(task);
+    for ev in waiting {
+        iso.enter_event(ev);
+    }
+    if let Some(old) = old {
+        let objects: Vec<_> = old.state.objects.borrow_mut().drain().collect();
+        for (_, obj) in objects {
+            obj.ctx
+                .reset("Durable Object reset because its code was updated.");
+        }
+        old.state.closing.set(true);
+        old.state.wake_driver();
+    }
+    Ok(())
 }
 
 fn set_current(worker: &str, iso: Option<Rc<Isolate>>) {

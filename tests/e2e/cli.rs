@@ -29,13 +29,27 @@ fn help_shows_dev_with_examples() {
 }
 
 #[test]
-fn serve_is_not_implemented_yet() {
+fn serve_says_what_is_wrong_with_its_config() {
     let out = cinder()
-        .args(["serve", "--config", "cluster.toml"])
+        .args(["serve", "--config", "no-such-node.toml"])
         .output()
         .expect("run cinder");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not read no-such-node.toml"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("node.toml");
+    std::fs::write(&node, "[node]\nstate = \"st\"\n").unwrap();
+    let out = cinder()
+        .arg("serve")
+        .arg("--config")
+        .arg(&node)
+        .output()
+        .expect("run cinder");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no [[project]]"), "{err}");
 }
 
 #[test]

@@ -105,12 +105,36 @@ impl Server {
             .map(Path::to_path_buf)
             .or_else(|| owned.as_ref().map(|t| t.path().to_path_buf()))
             .expect("a state directory");
-        let mut child = cinder()
-            .envs(env.iter().copied())
+        let mut cmd = cinder();
+        cmd.envs(env.iter().copied())
             .arg("dev")
             .args(args)
             .args(["--port", "0", "--persist-to"])
-            .arg(&state_path)
+            .arg(&state_path);
+        Server::launch(cmd, owned)
+    }
+
+    /// `cinder serve --config <node_toml> --state <state> --listen 127.0.0.1:0`.
+    pub fn start_serve(node_toml: &Path, state: &Path) -> Server {
+        let mut cmd = cinder();
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(node_toml)
+            .arg("--state")
+            .arg(state)
+            .args(["--listen", "127.0.0.1:0"]);
+        match Server::launch(cmd, None) {
+            Ok(s) => s,
+            Err(f) => panic!(
+                "cinder serve did not become ready (status {:?}); stderr:\n{}",
+                f.status, f.stderr
+            ),
+        }
+    }
+
+    /// Spawns `cmd` and waits for its Ready line.
+    fn launch(mut cmd: Command, owned: Option<tempfile::TempDir>) -> Result<Server, StartFailure> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -22,6 +22,7 @@ mod r2;
 mod ratelimit;
 mod rules;
 mod scheduled;
+mod serve;
 mod services;
 mod sql;
 mod streaming;
