@@ -58,6 +58,7 @@ use std::path::PathBuf;
 mod cpu;
 mod durable;
 mod event;
+mod gated;
 mod host;
 mod isolate;
 mod loader;

@@ -21,6 +21,7 @@ use deno_core::{op2, JsBuffer, OpState, ToJsBuffer};
 use deno_error::JsErrorBox;
 use serde::{Deserialize, Serialize};
 
+use crate::gated;
 use crate::state::{Chunk, IsolateState};
 
 deno_core::extension!(
@@ -100,41 +101,6 @@ fn kv_error(st: &IsolateState, e: KvError) -> JsErrorBox {
     }
 }
 
-/// A read: from a Durable Object, its result is delivered through the input gate (unless inside
-/// a critical section, whose code is the one waiting).
-async fn read_gated<F: Future>(
-    st: &IsolateState,
-    call: &Call,
-    io: F,
-) -> Result<F::Output, JsErrorBox> {
-    if call.caller == 0 {
-        return Ok(io.await);
-    }
-    let ctx = st
-        .object(call.caller)
-        .map(|o| o.ctx.clone())
-        .ok_or_else(|| {
-            JsErrorBox::generic("Durable Object reset: the calling object is no longer live")
-        })?;
-    let value = io.await;
-    crate::ops_do::readmit(&ctx, call.in_cs)
-        .await
-        .map_err(|e| JsErrorBox::generic(e.to_string()))?;
-    Ok(value)
-}
-
-/// A write: from a Durable Object it starts once the object's earlier writes are durable
-/// (output gate) and its result comes back through the input gate.
-async fn write_gated<F: Future>(
-    st: &IsolateState,
-    call: &Call,
-    io: F,
-) -> Result<F::Output, JsErrorBox> {
-    crate::ops_do::outbound(st, call.caller, call.in_cs, io)
-        .await
-        .map_err(|e| JsErrorBox::generic(e.message))
-}
-
 type Prepared = Result<(Rc<IsolateState>, KvNamespace), JsErrorBox>;
 
 fn prepare(state: &OpState, call: &Call) -> Prepared {
@@ -179,7 +145,7 @@ fn op_kv_get(
     async move {
         let (st, ns) = prepared?;
         let opts = GetOptions::from(opts);
-        let r = read_gated(&st, &call, ns.get(&key, &opts))
+        let r = gated::read(&st, call.caller, call.in_cs, ns.get(&key, &opts))
             .await?
             .map_err(|e| kv_error(&st, e))?;
         let (value, metadata) = match r.entry {
@@ -219,7 +185,7 @@ fn op_kv_get_bulk(
             other => return Err(kv_error(&st, cinder_kv::limits::bulk_type_error(other))),
         };
         let opts = GetOptions::from(opts);
-        let entries = read_gated(&st, &call, ns.get_many(&keys, &opts))
+        let entries = gated::read(&st, call.caller, call.in_cs, ns.get_many(&keys, &opts))
             .await?
             .map_err(|e| kv_error(&st, e))?;
         let mut out = Vec::with_capacity(entries.len());
@@ -304,7 +270,7 @@ fn op_kv_put(
                 PutValue::Sink(rx) => ns.put_stream(&key, SinkStream(rx), &opts).await,
             }
         };
-        write_gated(&st, &call, put)
+        gated::write(&st, call.caller, call.in_cs, put)
             .await?
             .map_err(|e| kv_error(&st, e))
     }
@@ -320,7 +286,7 @@ fn op_kv_delete(
     let prepared = prepare(state, &call);
     async move {
         let (st, ns) = prepared?;
-        write_gated(&st, &call, ns.delete(&key))
+        gated::write(&st, call.caller, call.in_cs, ns.delete(&key))
             .await?
             .map_err(|e| kv_error(&st, e))
     }
@@ -364,7 +330,7 @@ fn op_kv_list(
             limit: opts.limit.map(|l| l as i64),
             cursor: opts.cursor,
         };
-        let r = read_gated(&st, &call, ns.list(&opts))
+        let r = gated::read(&st, call.caller, call.in_cs, ns.list(&opts))
             .await?
             .map_err(|e| kv_error(&st, e))?;
         Ok(JsList {

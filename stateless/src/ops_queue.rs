@@ -114,9 +114,8 @@ fn op_queue_send(
                 q.send(m).await
             }
         };
-        crate::ops_do::outbound(&st, call.caller, call.in_cs, send)
-            .await
-            .map_err(|e| JsErrorBox::generic(e.message))?
+        crate::gated::write(&st, call.caller, call.in_cs, send)
+            .await?
             .map_err(|e| {
                 if let cinder_queues::QueueError::Internal(m) = &e {
                     tracing::error!(worker = %st.worker.spec.name, "queue send failed: {m}");

@@ -16,7 +16,6 @@ use std::future::Future;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use cinder_core::ActorError;
 use cinder_r2::{
     Bucket, Checksum, ChecksumAlgorithm, Conditional, EtagCondition, GetOptions, GetResult,
     HttpMetadata, ListOptions, MultipartOptions, PutOptions, R2Error, R2Object, RangeRequest,
@@ -26,6 +25,7 @@ use deno_core::{op2, JsBuffer, OpState};
 use deno_error::JsErrorBox;
 use serde::{Deserialize, Serialize};
 
+use crate::gated;
 use crate::state::{Chunk, IsolateState};
 use crate::Body;
 
@@ -89,45 +89,6 @@ fn r2_error(st: &IsolateState, op: &str, e: R2Error) -> JsErrorBox {
         tracing::error!(worker = %st.worker.spec.name, "R2 {op} failed: {detail}");
     }
     JsErrorBox::generic(e.binding_message(op))
-}
-
-fn gate_error(e: ActorError) -> JsErrorBox {
-    JsErrorBox::generic(e.message)
-}
-
-/// A read from a Durable Object: no output gate to wait for, but the result is delivered
-/// through the input gate (unless inside a critical section, whose code is the one waiting).
-async fn read_gated<F: Future>(
-    st: &IsolateState,
-    call: &Call,
-    io: F,
-) -> Result<F::Output, JsErrorBox> {
-    if call.caller == 0 {
-        return Ok(io.await);
-    }
-    let ctx = st
-        .object(call.caller)
-        .map(|o| o.ctx.clone())
-        .ok_or_else(|| {
-            JsErrorBox::generic("Durable Object reset: the calling object is no longer live")
-        })?;
-    let value = io.await;
-    crate::ops_do::readmit(&ctx, call.in_cs)
-        .await
-        .map_err(|e| JsErrorBox::generic(e.to_string()))?;
-    Ok(value)
-}
-
-/// A mutation: from a Durable Object it starts once the object's earlier writes are durable
-/// (output gate) and its result comes back through the input gate.
-async fn write_gated<F: Future>(
-    st: &IsolateState,
-    call: &Call,
-    io: F,
-) -> Result<F::Output, JsErrorBox> {
-    crate::ops_do::outbound(st, call.caller, call.in_cs, io)
-        .await
-        .map_err(gate_error)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -470,7 +431,7 @@ fn op_r2_head(
     let prepared = prepare(state, &call);
     async move {
         let (st, b) = prepared?;
-        let found = read_gated(&st, &call, b.head(&key)).await?;
+        let found = gated::read(&st, call.caller, call.in_cs, b.head(&key)).await?;
         found
             .map(|o| o.map(JsObject::from))
             .map_err(|e| r2_error(&st, "head", e))
@@ -492,7 +453,7 @@ fn op_r2_get(
             only_if: opts.only_if.map(Conditional::from),
             range: opts.range.map(RangeRequest::from).unwrap_or_default(),
         };
-        let found = read_gated(&st, &call, b.get(&key, opts))
+        let found = gated::read(&st, call.caller, call.in_cs, b.get(&key, opts))
             .await?
             .map_err(|e| r2_error(&st, "get", e))?;
         Ok(match found {
@@ -551,7 +512,7 @@ fn op_r2_put(
             };
             b.put(&key, body, opts).await
         };
-        write_gated(&st, &call, put)
+        gated::write(&st, call.caller, call.in_cs, put)
             .await?
             .map(|o| o.map(JsObject::from))
             .map_err(|e| r2_error(&st, "put", e))
@@ -568,7 +529,7 @@ fn op_r2_delete(
     let prepared = prepare(state, &call);
     async move {
         let (st, b) = prepared?;
-        write_gated(&st, &call, b.delete(&keys))
+        gated::write(&st, call.caller, call.in_cs, b.delete(&keys))
             .await?
             .map_err(|e| r2_error(&st, "delete", e))
     }
@@ -599,7 +560,7 @@ fn op_r2_list(
             include_http_metadata: opts.include_http_metadata,
             include_custom_metadata: opts.include_custom_metadata,
         };
-        let list = read_gated(&st, &call, b.list(opts))
+        let list = gated::read(&st, call.caller, call.in_cs, b.list(opts))
             .await?
             .map_err(|e| r2_error(&st, "list", e))?;
         Ok(JsList {
@@ -634,7 +595,7 @@ fn op_r2_create_multipart(
             };
             b.create_multipart_upload(&key, opts).await
         };
-        write_gated(&st, &call, create)
+        gated::write(&st, call.caller, call.in_cs, create)
             .await?
             .map(|u| u.upload_id().to_owned())
             .map_err(|e| r2_error(&st, "createMultipartUpload", e))
@@ -668,13 +629,18 @@ fn op_r2_upload_part(
         let (st, b) = prepared?;
         let mp = b.resume_multipart_upload(&upload.key, &upload.upload_id);
         let length = body.known_length();
-        write_gated(&st, &call, mp.upload_part(part_number, body, length))
-            .await?
-            .map(|p| JsUploadedPart {
-                part_number: p.part_number,
-                etag: p.etag,
-            })
-            .map_err(|e| r2_error(&st, "uploadPart", e))
+        gated::write(
+            &st,
+            call.caller,
+            call.in_cs,
+            mp.upload_part(part_number, body, length),
+        )
+        .await?
+        .map(|p| JsUploadedPart {
+            part_number: p.part_number,
+            etag: p.etag,
+        })
+        .map_err(|e| r2_error(&st, "uploadPart", e))
     }
 }
 
@@ -697,7 +663,7 @@ fn op_r2_complete(
                 etag: p.etag,
             })
             .collect();
-        write_gated(&st, &call, mp.complete(parts))
+        gated::write(&st, call.caller, call.in_cs, mp.complete(parts))
             .await?
             .map(JsObject::from)
             .map_err(|e| r2_error(&st, "completeMultipartUpload", e))
@@ -715,7 +681,7 @@ fn op_r2_abort(
     async move {
         let (st, b) = prepared?;
         let mp = b.resume_multipart_upload(&upload.key, &upload.upload_id);
-        write_gated(&st, &call, mp.abort())
+        gated::write(&st, call.caller, call.in_cs, mp.abort())
             .await?
             .map_err(|e| r2_error(&st, "abortMultipartUpload", e))
     }
