@@ -48,3 +48,28 @@ impl Clock for ManualClock {
         self.now.load(Ordering::SeqCst)
     }
 }
+
+/// The real clock moved forward by the number of milliseconds written in a file (missing,
+/// empty or unreadable: no offset). Read on every call, so a test driving a real server can
+/// let a `max-age` pass by writing the file instead of sleeping.
+#[derive(Debug, Clone)]
+pub struct OffsetFileClock {
+    path: std::path::PathBuf,
+}
+
+impl OffsetFileClock {
+    /// A clock offset by the contents of `path`.
+    pub fn new(path: impl Into<std::path::PathBuf>) -> OffsetFileClock {
+        OffsetFileClock { path: path.into() }
+    }
+}
+
+impl Clock for OffsetFileClock {
+    fn now_ms(&self) -> i64 {
+        let offset = std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        SystemClock.now_ms().saturating_add(offset)
+    }
+}

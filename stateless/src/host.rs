@@ -48,6 +48,8 @@ pub(crate) struct HostInner {
     pub(crate) net: Option<tokio::runtime::Handle>,
     /// This node's R2 buckets, when a worker binds one or [`HostConfig::enable_r2`].
     pub(crate) r2: Option<R2Service>,
+    /// This node's Cache API storage (`caches`), under `<state_dir>/cache`.
+    pub(crate) cache: cinder_cache::CacheStorage,
 }
 
 /// The isolate holding an exported value.
@@ -192,6 +194,21 @@ fn r2_list_honors_include(spec: &crate::WorkerSpec) -> bool {
         .is_none_or(|d| d >= "2022-08-04")
 }
 
+/// Set to a file path, the Cache API's clock runs ahead of the real one by the milliseconds
+/// written in that file: tests let a `max-age` pass without sleeping.
+pub const CACHE_CLOCK_FILE_ENV: &str = "CINDER_CACHE_CLOCK_FILE";
+
+/// Opens the node's Cache API storage under `<state_dir>/cache`.
+fn open_cache(state_dir: &std::path::Path) -> Result<cinder_cache::CacheStorage, LoadError> {
+    let mut cfg = cinder_cache::CacheConfig::default();
+    if let Some(path) = std::env::var_os(CACHE_CLOCK_FILE_ENV) {
+        cfg.clock = std::sync::Arc::new(cinder_cache::OffsetFileClock::new(path));
+    }
+    let dir = state_dir.join("cache");
+    cinder_cache::CacheStorage::open(&dir, cfg)
+        .map_err(|e| LoadError::Thread(format!("opening the cache in {}: {e}", dir.display())))
+}
+
 /// Opens R2 under `<state_dir>/r2` and gives its internal namespaces, when a worker binds a
 /// bucket or the host was asked for R2.
 fn open_r2(cfg: &HostConfig, state_dir: &std::path::Path) -> Result<Option<R2Engine>, LoadError> {
@@ -313,6 +330,7 @@ impl Host {
             on_thread_stop: Some(Arc::new(|_index| thread::stop())),
             ..RuntimeConfig::default()
         };
+        let cache = open_cache(&state_dir)?;
         let r2_engine = open_r2(&cfg, &state_dir)?;
         let mut specs = namespaces(&cfg);
         if let Some(engine) = &r2_engine {
@@ -379,6 +397,7 @@ impl Host {
             busy,
             net: tokio::runtime::Handle::try_current().ok(),
             r2,
+            cache,
         });
         let _ = host_cell.set(Arc::downgrade(&inner));
         Ok(Host { inner })
