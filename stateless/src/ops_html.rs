@@ -13,7 +13,6 @@ use std::sync::mpsc;
 
 use deno_core::{op2, JsBuffer, OpState};
 use deno_error::JsErrorBox;
-use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::html_rewriter::{self, Cmd, Input, Reply, Spec, Step, TokenError};
@@ -147,7 +146,7 @@ fn op_html_token(
     #[smi] id: u32,
     #[smi] token: u32,
     #[serde] cmd: Cmd,
-) -> Result<Value, JsErrorBox> {
+) -> Result<serde_json::Value, JsErrorBox> {
     let rw = rewriters(state);
     let entries = rw.entries.borrow();
     let dead = || JsErrorBox::type_error(TokenError::Dead.to_string());
