@@ -69,7 +69,10 @@ pub(crate) enum Input {
     Write(Vec<u8>),
     End,
     /// A method call on the token `token`.
-    Token { token: u32, cmd: Cmd },
+    Token {
+        token: u32,
+        cmd: Cmd,
+    },
     /// The current handler is done (its promise settled without throwing).
     Resume,
 }

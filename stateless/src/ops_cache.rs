@@ -90,8 +90,8 @@ fn request(call: &CacheCall) -> Result<http::Request<()>, JsErrorBox> {
     let mut req = http::Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
-    *req.headers_mut() = crate::ops::build_headers(call.headers.clone())
-        .map_err(JsErrorBox::type_error)?;
+    *req.headers_mut() =
+        crate::ops::build_headers(call.headers.clone()).map_err(JsErrorBox::type_error)?;
     Ok(req)
 }
 
@@ -186,7 +186,12 @@ fn op_cache_match(
         let headers = parts
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), ByteString::from(v.as_bytes().to_vec())))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    ByteString::from(v.as_bytes().to_vec()),
+                )
+            })
             .collect();
         let body = if body.is_empty() {
             0

@@ -74,7 +74,10 @@ fn max_age_expires_when_the_clock_passes_it() {
     assert_eq!(get(&server, "/get/short").0, 200);
     // 61 s later: the 60 s entry has expired, the hour-long one has not.
     std::fs::write(&clock, "61000").expect("move the clock");
-    assert_eq!(get(&server, "/get/short"), (404, "miss".into(), String::new()));
+    assert_eq!(
+        get(&server, "/get/short"),
+        (404, "miss".into(), String::new())
+    );
     assert_eq!(
         get(&server, "/get/long"),
         (200, "body of long".into(), "HIT".into())
@@ -106,5 +109,9 @@ fn entries_survive_a_restart() {
         get(&server, "/get/named?cache=assets"),
         (200, "body of named".into(), "HIT".into())
     );
-    assert_eq!(get(&server, "/get/named").0, 404, "named cache is not the default");
+    assert_eq!(
+        get(&server, "/get/named").0,
+        404,
+        "named cache is not the default"
+    );
 }

@@ -44,7 +44,10 @@ fn read_until(resp: &mut reqwest::blocking::Response, seen: &mut String, needle:
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut buf = [0u8; 4096];
     while !seen.contains(needle) {
-        assert!(Instant::now() < deadline, "no {needle:?} in time; got {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in time; got {seen:?}"
+        );
         let n = resp.read(&mut buf).expect("read the body");
         assert!(n > 0, "body ended before {needle:?}; got {seen:?}");
         seen.push_str(std::str::from_utf8(&buf[..n]).expect("utf-8 body"));
@@ -70,11 +73,15 @@ fn rewritten_bytes_stream_before_the_input_ends() {
         &mut seen,
         r#"<p class="a" data-seen="1">FIRST</p>"#,
     );
-    assert!(!seen.contains("second") && !seen.contains("SECOND"), "{seen}");
+    assert!(
+        !seen.contains("second") && !seen.contains("SECOND"),
+        "{seen}"
+    );
     let released = server.get("/release?gate=streaming");
     assert_eq!(released.text().expect("release body"), "released");
     let mut rest = String::new();
-    resp.read_to_string(&mut rest).expect("the rest of the body");
+    resp.read_to_string(&mut rest)
+        .expect("the rest of the body");
     seen.push_str(&rest);
     assert_eq!(
         seen,
