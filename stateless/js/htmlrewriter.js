@@ -26,6 +26,9 @@
   } = core.ops;
 
   const EMPTY = new Uint8Array(0);
+  // A transformed body dropped unread would leave its driver thread waiting forever: closing
+  // the run when the stream is collected ends it. Made on first use: it is not snapshot state.
+  let abandoned = null;
   const TOKEN = Symbol("cinder.html");
   const DEAD =
     "This content token is no longer valid. Content tokens are only valid during the " +
@@ -541,6 +544,8 @@
           return reader.cancel(reason);
         },
       });
+      abandoned ??= new FinalizationRegistry((id) => op_html_close(id));
+      abandoned.register(body, run.id);
       return new Response(body, response);
     }
   }
