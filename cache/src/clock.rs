@@ -73,3 +73,26 @@ impl Clock for OffsetFileClock {
         SystemClock.now_ms().saturating_add(offset)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_file_clock_follows_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("offset");
+        let clock = OffsetFileClock::new(&path);
+        let before = SystemClock.now_ms();
+        let none = clock.now_ms();
+        assert!(
+            none >= before && none < before + 60_000,
+            "no file: real time"
+        );
+        std::fs::write(&path, "3600000\n").expect("write offset");
+        let ahead = clock.now_ms();
+        assert!(ahead >= before + 3_600_000, "an hour ahead");
+        std::fs::write(&path, "garbage").expect("write garbage");
+        assert!(clock.now_ms() < before + 3_600_000, "unparsable: no offset");
+    }
+}
