@@ -48,3 +48,51 @@ impl Clock for ManualClock {
         self.now.load(Ordering::SeqCst)
     }
 }
+
+/// The real clock moved forward by the number of milliseconds written in a file (missing,
+/// empty or unreadable: no offset). Read on every call, so a test driving a real server can
+/// let a `max-age` pass by writing the file instead of sleeping.
+#[derive(Debug, Clone)]
+pub struct OffsetFileClock {
+    path: std::path::PathBuf,
+}
+
+impl OffsetFileClock {
+    /// A clock offset by the contents of `path`.
+    pub fn new(path: impl Into<std::path::PathBuf>) -> OffsetFileClock {
+        OffsetFileClock { path: path.into() }
+    }
+}
+
+impl Clock for OffsetFileClock {
+    fn now_ms(&self) -> i64 {
+        let offset = std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        SystemClock.now_ms().saturating_add(offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_file_clock_follows_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("offset");
+        let clock = OffsetFileClock::new(&path);
+        let before = SystemClock.now_ms();
+        let none = clock.now_ms();
+        assert!(
+            none >= before && none < before + 60_000,
+            "no file: real time"
+        );
+        std::fs::write(&path, "3600000\n").expect("write offset");
+        let ahead = clock.now_ms();
+        assert!(ahead >= before + 3_600_000, "an hour ahead");
+        std::fs::write(&path, "garbage").expect("write garbage");
+        assert!(clock.now_ms() < before + 3_600_000, "unparsable: no offset");
+    }
+}

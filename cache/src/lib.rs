@@ -21,6 +21,6 @@ mod error;
 mod policy;
 mod store;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, OffsetFileClock, SystemClock};
 pub use error::{CacheError, ErrorKind};
 pub use store::{Cache, CacheBody, CacheConfig, CacheStorage, MatchOptions, PutOutcome};

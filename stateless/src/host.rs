@@ -57,6 +57,8 @@ pub(crate) struct HostInner {
     config: tokio::sync::Mutex<HostConfig>,
     /// What every worker's context reaches the host through (set once it exists).
     cell: Arc<OnceLock<std::sync::Weak<HostInner>>>,
+    /// This node's Cache API storage (`caches`), under `<state_dir>/cache`.
+    pub(crate) cache: cinder_cache::CacheStorage,
 }
 
 /// The isolate holding an exported value.
@@ -203,6 +205,21 @@ fn r2_list_honors_include(spec: &crate::WorkerSpec) -> bool {
         .is_none_or(|d| d >= "2022-08-04")
 }
 
+/// Set to a file path, the Cache API's clock runs ahead of the real one by the milliseconds
+/// written in that file: tests let a `max-age` pass without sleeping.
+pub const CACHE_CLOCK_FILE_ENV: &str = "CINDER_CACHE_CLOCK_FILE";
+
+/// Opens the node's Cache API storage under `<state_dir>/cache`.
+fn open_cache(state_dir: &std::path::Path) -> Result<cinder_cache::CacheStorage, LoadError> {
+    let mut cfg = cinder_cache::CacheConfig::default();
+    if let Some(path) = std::env::var_os(CACHE_CLOCK_FILE_ENV) {
+        cfg.clock = std::sync::Arc::new(cinder_cache::OffsetFileClock::new(path));
+    }
+    let dir = state_dir.join("cache");
+    cinder_cache::CacheStorage::open(&dir, cfg)
+        .map_err(|e| LoadError::Thread(format!("opening the cache in {}: {e}", dir.display())))
+}
+
 /// Opens R2 under `<state_dir>/r2` and gives its internal namespaces, when a worker binds a
 /// bucket or the host was asked for R2.
 fn open_r2(cfg: &HostConfig, state_dir: &std::path::Path) -> Result<Option<R2Engine>, LoadError> {
@@ -338,6 +355,7 @@ impl Host {
             on_thread_stop: Some(Arc::new(|_index| thread::stop())),
             ..RuntimeConfig::default()
         };
+        let cache = open_cache(&state_dir)?;
         let r2_engine = open_r2(&cfg, &state_dir)?;
         let kv = open_kv(&cfg);
         let mut specs = namespaces(&cfg);
@@ -424,6 +442,7 @@ impl Host {
             queues,
             config: tokio::sync::Mutex::new(cfg.clone()),
             cell: host_cell.clone(),
+            cache,
         });
         let _ = host_cell.set(Arc::downgrade(&inner));
         // Consumers start last: a batch delivered at once needs the host to dispatch it.
@@ -536,9 +555,13 @@ impl Host {
                 "the new version declares other Durable Object classes; restart the node to apply migrations".into(),
             ));
         }
-        if old.r2_buckets != spec.r2_buckets {
+        if old.r2_buckets != spec.r2_buckets
+            || old.kv_namespaces != spec.kv_namespaces
+            || old.queue_producers != spec.queue_producers
+            || old.queue_consumers != spec.queue_consumers
+        {
             return Err(err(
-                "the new version binds other R2 buckets; restart the node to change them".into(),
+                "the new version binds other R2 buckets, KV namespaces or queues; restart the node to change them".into(),
             ));
         }
         let mut next = config.clone();

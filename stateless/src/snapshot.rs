@@ -39,13 +39,15 @@ pub(crate) fn extensions() -> Vec<Extension> {
         crate::ops_queue::cinder_queue_binding::init(),
         crate::ops_sql::cinder_sql_ops::init(),
         crate::ops_d1::cinder_d1_ops::init(),
+        crate::ops_html::cinder_html::init(),
+        crate::ops_cache::cinder_cache_ops::init(),
     ]
 }
 
 /// The isolate's JS, run in this order while the snapshot is built: the Web-API globals and
 /// stateless events, JS RPC, Durable Objects, WebSockets, R2, KV and Queues bindings, SQL
-/// storage, D1.
-const SCRIPTS: [(&str, &str); 9] = [
+/// storage, D1, HTMLRewriter, the Cache API.
+const SCRIPTS: [(&str, &str); 11] = [
     (
         "ext:cinder/bootstrap.js",
         include_str!("../js/bootstrap.js"),
@@ -61,6 +63,11 @@ const SCRIPTS: [(&str, &str); 9] = [
     ("ext:cinder/queue.js", include_str!("../js/queue.js")),
     ("ext:cinder/sql.js", include_str!("../js/sql.js")),
     ("ext:cinder/d1.js", include_str!("../js/d1.js")),
+    (
+        "ext:cinder/htmlrewriter.js",
+        include_str!("../js/htmlrewriter.js"),
+    ),
+    ("ext:cinder/cache.js", include_str!("../js/cache.js")),
 ];
 
 fn build() -> Result<&'static [u8], String> {

@@ -30,8 +30,13 @@ pub fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The binary under test: cargo's build of it, or `CINDER_BIN` when set (a copy taken right
+/// after the build, when other builds share and overwrite the target directory).
 pub fn cinder() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_cinder"))
+    match std::env::var_os("CINDER_BIN") {
+        Some(bin) => Command::new(bin),
+        None => Command::new(env!("CARGO_BIN_EXE_cinder")),
+    }
 }
 
 pub struct Server {

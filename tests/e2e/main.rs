@@ -6,6 +6,7 @@
 mod harness;
 
 mod browser;
+mod cache;
 mod chat;
 mod cli;
 mod config;
@@ -13,6 +14,7 @@ mod d1;
 mod durable;
 mod globals;
 mod hono;
+mod htmlrewriter;
 mod kv;
 mod lifecycle;
 mod limits;
