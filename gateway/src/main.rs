@@ -18,19 +18,22 @@ use cinder_stateless::{Host, HostConfig, DEFAULT_HEAP_LIMIT_BYTES};
 use clap::Parser;
 use tokio::sync::watch;
 
+mod admin;
 mod bundle;
 mod cli;
 mod config;
 mod cron;
 mod d1cmd;
 mod devvars;
+mod docmd;
 mod jsonc;
 mod listener;
 mod migrations;
 mod server;
+mod v8wire;
 mod websocket;
 
-use cli::{Cli, Command, DevArgs};
+use cli::{Cli, Command, DevArgs, LogFormat};
 use config::WorkerConfig;
 
 /// wrangler dev's default port.
@@ -40,14 +43,18 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `cinder d1` prints wrangler's output; the engine's logs would only be noise there.
-    init_tracing(if matches!(cli.command, Command::D1(_)) {
-        "error"
-    } else {
-        "info,fjall=warn,lsm_tree=warn"
-    });
+    // `cinder d1` and `cinder do` print results; the engine's logs would only be noise there.
+    init_tracing(
+        if matches!(cli.command, Command::D1(_) | Command::Do(_)) {
+            "error"
+        } else {
+            "info,fjall=warn,lsm_tree=warn"
+        },
+        cli.log_format,
+    );
     match cli.command {
         Command::D1(cmd) => d1cmd::run(cmd),
+        Command::Do(cmd) => docmd::run(cmd),
         Command::Serve(_) => {
             eprintln!(
                 "error: `cinder serve` (cluster nodes) is not implemented yet; use `cinder dev` to run a project on one machine"
@@ -77,15 +84,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(default_filter: &str) {
+fn init_tracing(default_filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .init(),
+        // One JSON object per line, the event's fields at the top level next to `timestamp`,
+        // `level`, `target` and `message`: what log shippers index without configuration.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_ansi(false)
+            .init(),
+    }
 }
 
 /// Reads the configs named on the command line: the positional target first, then each
@@ -199,6 +218,15 @@ async fn dev(args: DevArgs) -> Result<(), String> {
     let local_addr = listener
         .local_addr()
         .map_err(|e| format!("could not read the listening address: {e}"))?;
+    // The admin listener is its own socket: metrics never leak onto the public address.
+    let admin_listener = match args.admin {
+        None => None,
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("could not listen on {addr} for --admin: {e}"))?,
+        ),
+    };
     let s3_listener = match args.s3_port {
         None => None,
         Some(p) => Some(
@@ -252,6 +280,26 @@ async fn dev(args: DevArgs) -> Result<(), String> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut crons = cron::spawn_all(&host, triggers, stop_rx.clone());
 
+    let mut metrics = None;
+    let mut admin_server = None;
+    if let Some(listener) = admin_listener {
+        let m = Arc::new(admin::Metrics::new(host.clone()));
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("could not read the admin listening address: {e}"))?;
+        let router = admin::router(m.clone());
+        let mut stop = stop_rx.clone();
+        admin_server = Some(tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+        metrics = Some(m);
+        println!("Admin (/metrics, /healthz) on http://{addr}");
+    }
+
     let front = Arc::new(server::Front {
         host: host.clone(),
         primary: primary_name,
@@ -259,6 +307,7 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         test_scheduled: args.test_scheduled,
         local_addr,
         max_body_bytes: args.max_body_mb.saturating_mul(1_000_000),
+        metrics,
     });
     let app = server::router(front);
     let limits = listener::Limits {
@@ -338,6 +387,11 @@ async fn dev(args: DevArgs) -> Result<(), String> {
             Err(_) => tracing::warn!("S3 requests still running at exit"),
             Ok(Ok(Ok(()))) => {}
         }
+    }
+    if let Some(admin) = admin_server {
+        // A scraper holding a keep-alive connection must not stall exit.
+        admin.abort();
+        let _ = admin.await;
     }
     while crons.join_next().await.is_some() {}
     host.shutdown().await;

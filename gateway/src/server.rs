@@ -27,6 +27,8 @@ pub struct Front {
     pub local_addr: SocketAddr,
     /// Largest request body passed on (`--max-body-mb`).
     pub max_body_bytes: u64,
+    /// Counts answered requests when `--admin` serves metrics.
+    pub metrics: Option<Arc<crate::admin::Metrics>>,
 }
 
 pub fn router(front: Arc<Front>) -> Router {
@@ -36,13 +38,21 @@ pub fn router(front: Arc<Front>) -> Router {
 async fn handle(
     State(front): State<Arc<Front>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut req: Request<Body>,
+    req: Request<Body>,
 ) -> Response<Body> {
+    let resp = answer(&front, peer, req).await;
+    if let Some(m) = &front.metrics {
+        m.request(&front.primary, resp.status());
+    }
+    resp
+}
+
+async fn answer(front: &Front, peer: SocketAddr, mut req: Request<Body>) -> Response<Body> {
     let path = req.uri().path();
     // `/cdn-cgi/handler/scheduled` is what current wrangler serves; `/__scheduled` is the
     // older route, opt-in because a worker may own that path.
     if path == "/cdn-cgi/handler/scheduled" || (front.test_scheduled && path == "/__scheduled") {
-        return scheduled(&front, req.uri()).await;
+        return scheduled(front, req.uri()).await;
     }
     match absolute_uri(&req, front.local_addr) {
         Ok(uri) => *req.uri_mut() = uri,

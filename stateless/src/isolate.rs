@@ -215,6 +215,12 @@ pub(crate) struct Isolate {
     cpu_limit: Duration,
 }
 
+impl Drop for Isolate {
+    fn drop(&mut self) {
+        self.state.worker.stats.isolate_dropped();
+    }
+}
+
 /// `entry` kinds (the bootstrap's `cinder.entry`).
 const ENTRY_OBJECT_EVENT: i32 = 1;
 const ENTRY_STATELESS_EVENT: i32 = 2;
@@ -275,6 +281,7 @@ impl Isolate {
             });
         }
         let entry = loaded?;
+        w.ctx.stats.isolate_loaded();
         Ok(Rc::new(Isolate {
             rt: RefCell::new(runtime),
             state,
@@ -357,6 +364,14 @@ impl Isolate {
     fn settle_stuck_events(&self) {
         let stuck: Vec<_> = self.state.inflight.borrow_mut().drain().collect();
         for (_, f) in stuck {
+            let status = match &f.reply {
+                Reply::Fetch(Some(_)) => Some(500),
+                _ => None,
+            };
+            self.state
+                .worker
+                .stats
+                .event_finished(&self.state.worker.spec.name, &f, status);
             let answered = match f.reply {
                 Reply::Fetch(Some(s)) => {
                     let _ = s.send(crate::event::error_response(500, NEVER_RESPONDS));
@@ -478,11 +493,7 @@ impl Isolate {
             };
             st.inflight.borrow_mut().insert(
                 eid,
-                InFlight {
-                    request_id,
-                    reply: Reply::Object(Some(tx)),
-                    cpu: Duration::ZERO,
-                },
+                InFlight::new(request_id, Reply::Object(Some(tx))),
             );
         }
         st.pending_events.borrow_mut().insert(eid, event);

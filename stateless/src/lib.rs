@@ -72,12 +72,14 @@ mod ops_ws;
 mod snapshot;
 mod sql_memory;
 mod state;
+mod stats;
 mod thread;
 mod websocket;
 mod ws_delivery;
 
 pub use cinder_storage::Durability;
 pub use host::Host;
+pub use stats::NodeStats;
 pub use loader::{default_rules, module_kind_for};
 pub use netguard::{is_internal as is_internal_address, ALLOW_FLAG};
 pub use websocket::{Incoming as WsIncoming, SocketLink, WsHandoff};

@@ -149,11 +149,7 @@ pub(crate) fn admit(st: &IsolateState, event: Event) -> u32 {
     };
     st.inflight.borrow_mut().insert(
         id,
-        InFlight {
-            request_id,
-            reply,
-            cpu: Default::default(),
-        },
+        InFlight::new(request_id, reply),
     );
     st.pending_stateless.borrow_mut().insert(id, ev);
     id
@@ -240,6 +236,12 @@ fn op_cinder_respond(
     web_socket: f64,
 ) {
     let Some(st) = isolate(state) else { return };
+    let valid = status < 1000 && http::StatusCode::from_u16(status as u16).is_ok();
+    if let Some(f) = st.inflight.borrow_mut().get_mut(&id) {
+        if f.status.is_none() {
+            f.status = Some(if valid { status as u16 } else { 500 });
+        }
+    }
     let sender = match st.inflight.borrow_mut().get_mut(&id) {
         Some(InFlight {
             reply: Reply::Fetch(s),
@@ -303,6 +305,9 @@ fn op_cinder_respond_error(state: &mut OpState, #[smi] id: u32, #[string] _messa
         _ => None,
     };
     if let Some(s) = sender {
+        if let Some(f) = st.inflight.borrow_mut().get_mut(&id) {
+            f.status = Some(500);
+        }
         let _ = s.send(error_response(500, "Worker threw exception"));
     }
 }
@@ -313,6 +318,13 @@ fn op_cinder_event_done(state: &mut OpState, #[smi] id: u32, #[string] error: &s
     let Some(done) = st.inflight.borrow_mut().remove(&id) else {
         return;
     };
+    let status = match &done.reply {
+        Reply::Fetch(Some(_)) => Some(500),
+        _ => None,
+    };
+    st.worker
+        .stats
+        .event_finished(&st.worker.spec.name, &done, status);
     match done.reply {
         Reply::Fetch(Some(s)) => {
             let _ = s.send(error_response(500, "Worker threw exception"));

@@ -36,6 +36,22 @@ pub(crate) struct InFlight {
     pub reply: Reply,
     /// Thread CPU time spent in this isolate on behalf of this event.
     pub cpu: Duration,
+    /// When the event entered the isolate (for the request log line).
+    pub started: std::time::Instant,
+    /// The status the worker answered with, once it has.
+    pub status: Option<u16>,
+}
+
+impl InFlight {
+    pub fn new(request_id: String, reply: Reply) -> InFlight {
+        InFlight {
+            request_id,
+            reply,
+            cpu: Duration::ZERO,
+            started: std::time::Instant::now(),
+            status: None,
+        }
+    }
 }
 
 /// What the ops of one worker's isolates need from the outside world.
@@ -50,6 +66,8 @@ pub(crate) struct WorkerCtx {
     /// `env.<binding>` → the core namespace (class unique key) it reaches. Ops refuse any other
     /// namespace: a script reaches only the classes it is bound to.
     pub do_namespaces: HashMap<String, String>,
+    /// Node-wide figures (isolates, CPU per event) for `/metrics`.
+    pub stats: Arc<crate::stats::EngineStats>,
 }
 
 impl WorkerCtx {

@@ -15,6 +15,7 @@ mod globals;
 mod hono;
 mod lifecycle;
 mod limits;
+mod ops;
 mod outbound;
 mod r2;
 mod ratelimit;
