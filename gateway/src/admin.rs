@@ -77,7 +77,11 @@ impl prometheus_client::collector::Collector for EngineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.host.stats();
         let gauges: [(&str, &str, usize); 5] = [
-            ("cinder_isolates", "V8 isolates with a worker loaded", s.isolates),
+            (
+                "cinder_isolates",
+                "V8 isolates with a worker loaded",
+                s.isolates,
+            ),
             (
                 "cinder_durable_objects_live",
                 "Durable Object instances in memory",

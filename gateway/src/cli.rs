@@ -80,7 +80,12 @@ ArrayBuffer and typed arrays (base64); anything else is shown as base64 with its
 #[derive(Debug, Args)]
 pub struct DoListArgs {
     /// State directory, as given to `cinder dev --persist-to` [default: .cinder/state].
-    #[arg(long, visible_alias = "persist-to", value_name = "DIR", default_value = ".cinder/state")]
+    #[arg(
+        long,
+        visible_alias = "persist-to",
+        value_name = "DIR",
+        default_value = ".cinder/state"
+    )]
     pub state: PathBuf,
 
     /// Only this namespace (a class name, or worker/Class).
@@ -99,7 +104,12 @@ pub struct DoListArgs {
 #[derive(Debug, Args)]
 pub struct DoGetArgs {
     /// State directory, as given to `cinder dev --persist-to` [default: .cinder/state].
-    #[arg(long, visible_alias = "persist-to", value_name = "DIR", default_value = ".cinder/state")]
+    #[arg(
+        long,
+        visible_alias = "persist-to",
+        value_name = "DIR",
+        default_value = ".cinder/state"
+    )]
     pub state: PathBuf,
 
     /// The namespace: a class name, or worker/Class.

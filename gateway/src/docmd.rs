@@ -215,7 +215,12 @@ fn list(args: &DoListArgs) -> Result<String, String> {
     if rows.is_empty() {
         return Ok("no Durable Objects with stored data\n".into());
     }
-    let width = rows.iter().map(|(ns, _)| ns.len()).max().unwrap_or(9).max(9);
+    let width = rows
+        .iter()
+        .map(|(ns, _)| ns.len())
+        .max()
+        .unwrap_or(9)
+        .max(9);
     let mut out = format!(
         "{:<width$}  {:<64}  {:>8}  {:>12}  {:>12}\n",
         "NAMESPACE", "OBJECT ID", "KEYS", "BYTES", "SQL BYTES"

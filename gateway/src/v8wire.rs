@@ -491,7 +491,10 @@ fn b64(data: &[u8]) -> String {
 /// JSON numbers where possible; NaN and the infinities as tagged values.
 fn number(d: f64) -> Value {
     if d.is_finite() {
-        if d.fract() == 0.0 && d.abs() < 9.007_199_254_740_992e15 && !(d == 0.0 && d.is_sign_negative()) {
+        if d.fract() == 0.0
+            && d.abs() < 9.007_199_254_740_992e15
+            && !(d == 0.0 && d.is_sign_negative())
+        {
             Value::from(d as i64)
         } else {
             Value::from(d)
@@ -576,10 +579,7 @@ mod tests {
             (b"\xff\x0fT", json!(true)),
             (b"\xff\x0fI\x54", json!(42)),
             (b"\xff\x0fI\x53", json!(-42)),
-            (
-                b"\xff\x0fN\x00\x00\x00\x00\x00\x00\xf8\x3f",
-                json!(1.5),
-            ),
+            (b"\xff\x0fN\x00\x00\x00\x00\x00\x00\xf8\x3f", json!(1.5)),
             (b"\xff\x0f\"\x02hi", json!("hi")),
             (b"\xff\x0fc\x04\xe9\x00t\x00", json!("ét")),
             (b"\xff\x0fS\x03\xe2\x82\xac", json!("€")),
@@ -587,8 +587,14 @@ mod tests {
                 b"\xff\x0fo\"\x01aI\x02\"\x01bA\x02T0$\x00\x02{\x02",
                 json!({"a": 1, "b": [true, null]}),
             ),
-            (b"\xff\x0fZ\x10\xd2\x02\x96\x49\x00\x00\x00\x00", json!({"$type": "BigInt", "value": "1234567890"})),
-            (b"\xff\x0fZ\x11\x01\x00\x00\x00\x00\x00\x00\x00", json!({"$type": "BigInt", "value": "-1"})),
+            (
+                b"\xff\x0fZ\x10\xd2\x02\x96\x49\x00\x00\x00\x00",
+                json!({"$type": "BigInt", "value": "1234567890"}),
+            ),
+            (
+                b"\xff\x0fZ\x11\x01\x00\x00\x00\x00\x00\x00\x00",
+                json!({"$type": "BigInt", "value": "-1"}),
+            ),
             (
                 b"\xff\x0fD\x00\x00\x00\x00\x00\x00\x00\x00",
                 json!({"$type": "Date", "value": "1970-01-01T00:00:00.000Z"}),

@@ -491,10 +491,9 @@ impl Isolate {
                 } => request_id.clone(),
                 _ => String::new(),
             };
-            st.inflight.borrow_mut().insert(
-                eid,
-                InFlight::new(request_id, Reply::Object(Some(tx))),
-            );
+            st.inflight
+                .borrow_mut()
+                .insert(eid, InFlight::new(request_id, Reply::Object(Some(tx))));
         }
         st.pending_events.borrow_mut().insert(eid, event);
         let result = self.call_entry(ENTRY_OBJECT_EVENT, eid);

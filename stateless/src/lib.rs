@@ -79,9 +79,9 @@ mod ws_delivery;
 
 pub use cinder_storage::Durability;
 pub use host::Host;
-pub use stats::NodeStats;
 pub use loader::{default_rules, module_kind_for};
 pub use netguard::{is_internal as is_internal_address, ALLOW_FLAG};
+pub use stats::NodeStats;
 pub use websocket::{Incoming as WsIncoming, SocketLink, WsHandoff};
 pub use ws_delivery::{config as websocket_config, pump as websocket_pump};
 

@@ -147,10 +147,9 @@ pub(crate) fn admit(st: &IsolateState, event: Event) -> u32 {
             (request_id, Reply::Scheduled(Some(reply)), ev)
         }
     };
-    st.inflight.borrow_mut().insert(
-        id,
-        InFlight::new(request_id, reply),
-    );
+    st.inflight
+        .borrow_mut()
+        .insert(id, InFlight::new(request_id, reply));
     st.pending_stateless.borrow_mut().insert(id, ev);
     id
 }

@@ -75,7 +75,9 @@ impl EngineStats {
         let duration = f.started.elapsed();
         let status = status.or(f.status);
         match &f.reply {
-            Reply::Fetch(_) => log_request(worker, &f.request_id, "fetch", status, duration, cpu_ms),
+            Reply::Fetch(_) => {
+                log_request(worker, &f.request_id, "fetch", status, duration, cpu_ms)
+            }
             Reply::Scheduled(_) => {
                 log_request(worker, &f.request_id, "scheduled", status, duration, cpu_ms)
             }

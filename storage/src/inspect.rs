@@ -15,6 +15,9 @@ use fjall::{Database, Keyspace, Readable};
 use crate::error::StorageError;
 use crate::keys::{ObjectId, Section, ID_LEN};
 
+/// A raw `(key, value)` pair.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// How the directory was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ViewKind {
@@ -35,7 +38,7 @@ pub struct ObjectSummary {
     /// Bytes of the SQL engine's pages and metadata (`ctx.storage.sql`), keys included.
     pub sql_bytes: u64,
     /// The object's internal records (`Section::Meta`), e.g. its owning namespace.
-    pub meta: Vec<(Vec<u8>, Vec<u8>)>,
+    pub meta: Vec<Entry>,
 }
 
 /// A read-only view of a store directory.
@@ -106,11 +109,7 @@ impl StoreView {
         )))
     }
 
-    fn open_at(
-        dir: &Path,
-        kind: ViewKind,
-        copy: Option<PathBuf>,
-    ) -> Result<StoreView, OpenError> {
+    fn open_at(dir: &Path, kind: ViewKind, copy: Option<PathBuf>) -> Result<StoreView, OpenError> {
         let db = match Database::builder(dir).open() {
             Ok(db) => db,
             Err(fjall::Error::Locked) => return Err(OpenError::Locked),
@@ -169,7 +168,7 @@ impl StoreView {
     }
 
     /// One object's `ctx.storage` entries (KV API), in key order.
-    pub fn kv_entries(&self, id: &ObjectId) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn kv_entries(&self, id: &ObjectId) -> Result<Vec<Entry>, StorageError> {
         let mut prefix = id.to_vec();
         prefix.push(Section::Kv.byte());
         let mut out = Vec::new();

@@ -104,29 +104,43 @@ fn metrics_count_what_was_served_and_healthz_answers() {
         s.value("cinder_event_cpu_milliseconds_count", &[]) >= Some(12.0)
     });
     assert_eq!(
-        s.value("cinder_requests_total", &[("worker", "ops"), ("status", "200")]),
+        s.value(
+            "cinder_requests_total",
+            &[("worker", "ops"), ("status", "200")]
+        ),
         Some(7.0)
     );
     assert_eq!(
-        s.value("cinder_requests_total", &[("worker", "ops"), ("status", "404")]),
+        s.value(
+            "cinder_requests_total",
+            &[("worker", "ops"), ("status", "404")]
+        ),
         Some(3.0)
     );
     // No other status was counted.
-    let total: f64 = s
-        .0
-        .samples
-        .iter()
-        .filter(|x| x.metric == "cinder_requests_total")
-        .map(|x| match x.value {
-            prometheus_parse::Value::Untyped(v) | prometheus_parse::Value::Counter(v) => v,
-            _ => 0.0,
-        })
-        .sum();
+    let total: f64 =
+        s.0.samples
+            .iter()
+            .filter(|x| x.metric == "cinder_requests_total")
+            .map(|x| match x.value {
+                prometheus_parse::Value::Untyped(v) | prometheus_parse::Value::Counter(v) => v,
+                _ => 0.0,
+            })
+            .sum();
     assert_eq!(total, 10.0);
-    assert_eq!(s.value("cinder_event_cpu_milliseconds_count", &[]), Some(12.0));
+    assert_eq!(
+        s.value("cinder_event_cpu_milliseconds_count", &[]),
+        Some(12.0)
+    );
     let cpu = s.buckets("cinder_event_cpu_milliseconds");
-    assert_eq!(cpu.last().map(|b| (b.0.is_infinite(), b.1)), Some((true, 12.0)));
-    assert!(cpu.windows(2).all(|w| w[0].1 <= w[1].1), "cumulative: {cpu:?}");
+    assert_eq!(
+        cpu.last().map(|b| (b.0.is_infinite(), b.1)),
+        Some((true, 12.0))
+    );
+    assert!(
+        cpu.windows(2).all(|w| w[0].1 <= w[1].1),
+        "cumulative: {cpu:?}"
+    );
 
     assert!(s.value("cinder_isolates", &[]) >= Some(1.0));
     assert_eq!(s.value("cinder_durable_objects_live", &[]), Some(2.0));
@@ -137,7 +151,9 @@ fn metrics_count_what_was_served_and_healthz_answers() {
     let commits = s.value("cinder_storage_commit_seconds_count", &[]).unwrap();
     assert!(commits >= 2.0, "{commits}");
     let grouped = s.buckets("cinder_storage_writes_per_commit");
-    let synced_batches = s.value("cinder_storage_writes_per_commit_sum", &[]).unwrap();
+    let synced_batches = s
+        .value("cinder_storage_writes_per_commit_sum", &[])
+        .unwrap();
     assert!(synced_batches >= 2.0, "{grouped:?}");
     assert!(s.value("cinder_storage_fsync_seconds_count", &[]) >= Some(1.0));
 
@@ -145,7 +161,10 @@ fn metrics_count_what_was_served_and_healthz_answers() {
     let public = server.get("/metrics").text().unwrap();
     assert_eq!(public, "hello from ops");
     let s = scrape_until(&admin, "the 11th request", |s| {
-        s.value("cinder_requests_total", &[("worker", "ops"), ("status", "200")]) == Some(8.0)
+        s.value(
+            "cinder_requests_total",
+            &[("worker", "ops"), ("status", "200")],
+        ) == Some(8.0)
     });
     assert!(s.value("cinder_requests_total", &[("status", "404")]) == Some(3.0));
 }
@@ -217,7 +236,11 @@ fn text_logs_carry_the_same_request_fields() {
 
 /// Runs `cinder do ARGS`; `(exit ok, stdout, stderr)`.
 fn cinder_do(args: &[&str]) -> (bool, String, String) {
-    let out = cinder().arg("do").args(args).output().expect("run cinder do");
+    let out = cinder()
+        .arg("do")
+        .args(args)
+        .output()
+        .expect("run cinder do");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -278,7 +301,10 @@ fn check_state(state: &Path, alpha: &str, beta: &str) {
     assert!(table.starts_with("NAMESPACE"), "{table}");
     assert!(table.contains(alpha) && table.contains(beta), "{table}");
 
-    assert_eq!(do_json(&["get", "--state", dir, "Store", alpha]), expected_values());
+    assert_eq!(
+        do_json(&["get", "--state", dir, "Store", alpha]),
+        expected_values()
+    );
     assert_eq!(
         do_json(&["get", "--state", dir, "ops/Store", alpha, "date"]),
         json!({"$type": "Date", "value": "2024-05-06T07:08:09.010Z"})
@@ -303,7 +329,10 @@ fn check_state(state: &Path, alpha: &str, beta: &str) {
         "{err}"
     );
     let (ok, _, err) = cinder_do(&["get", "--state", dir, "Nope", alpha]);
-    assert!(!ok && err.contains("no Durable Object namespace \"Nope\""), "{err}");
+    assert!(
+        !ok && err.contains("no Durable Object namespace \"Nope\""),
+        "{err}"
+    );
 }
 
 #[test]
