@@ -421,6 +421,7 @@ impl Isolate {
             };
             let budget = self.state.cpu_remaining(self.cpu_limit);
             let t0 = cpu::thread_cpu_now();
+            self.state.begin_slice(t0);
             self.slot.arm(rt.handle.clone(), budget);
             let isolate = isolate_ptr(&mut rt.rt);
             // SAFETY: see `Entered`; paired with the exit below, same thread, same poll.
@@ -432,8 +433,10 @@ impl Isolate {
             let heap_hit = rt.heap_hit.load(Ordering::SeqCst);
             drop(rt);
             let touched = std::mem::take(&mut *self.state.touched.borrow_mut());
-            self.state
-                .charge(cpu::thread_cpu_now().saturating_sub(t0), &touched, fired);
+            let dt = self
+                .state
+                .end_slice(cpu::thread_cpu_now().saturating_sub(t0));
+            self.state.charge(dt, &touched, fired);
             self.state.release_deferred_locks();
             if heap_hit {
                 return Poll::Ready(Err(Stop::MemoryLimit));
@@ -517,6 +520,7 @@ impl Isolate {
             .map_err(|_| ActorError::new("internal error: re-entrant call into an isolate"))?;
         let budget = self.state.cpu_remaining(self.cpu_limit);
         let t0 = cpu::thread_cpu_now();
+        self.state.begin_slice(t0);
         self.slot.arm(rt.handle.clone(), budget);
         let isolate = isolate_ptr(&mut rt.rt);
         // SAFETY: as in `run`: enter and exit are paired within this synchronous call.
@@ -556,8 +560,10 @@ impl Isolate {
         drop(rt);
         let mut touched = std::mem::take(&mut *self.state.touched.borrow_mut());
         touched.push(id);
-        self.state
-            .charge(cpu::thread_cpu_now().saturating_sub(t0), &touched, fired);
+        let dt = self
+            .state
+            .end_slice(cpu::thread_cpu_now().saturating_sub(t0));
+        self.state.charge(dt, &touched, fired);
         self.state.release_deferred_locks();
         self.state.wake_driver();
         if heap_hit || fired {

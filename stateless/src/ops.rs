@@ -314,9 +314,10 @@ fn op_cinder_respond_error(state: &mut OpState, #[smi] id: u32, #[string] _messa
 #[op2(fast)]
 fn op_cinder_event_done(state: &mut OpState, #[smi] id: u32, #[string] error: &str) {
     let Some(st) = isolate(state) else { return };
-    let Some(done) = st.inflight.borrow_mut().remove(&id) else {
+    let Some(mut done) = st.inflight.borrow_mut().remove(&id) else {
         return;
     };
+    st.settle_in_slice(&mut done);
     let status = match &done.reply {
         Reply::Fetch(Some(_)) => Some(500),
         _ => None,

@@ -121,6 +121,10 @@ pub(crate) struct IsolateState {
     pub touched: RefCell<Vec<u32>>,
     /// Open `transaction()` bodies, by token.
     pub transactions: RefCell<HashMap<u32, crate::ops_do::TxnChannel>>,
+    /// Thread CPU clock when the running JS slice (a poll or a synchronous entry) started.
+    slice_start: Cell<Option<Duration>>,
+    /// CPU of the running slice already charged to events that finished inside it.
+    slice_settled: Cell<Duration>,
 }
 
 impl IsolateState {
@@ -145,6 +149,8 @@ impl IsolateState {
             pending_ws: RefCell::new(HashMap::new()),
             touched: RefCell::new(Vec::new()),
             open_sockets: Cell::new(0),
+            slice_start: Cell::new(None),
+            slice_settled: Cell::new(Duration::ZERO),
             ws_send_queues: RefCell::new(HashMap::new()),
         }
     }
@@ -172,6 +178,28 @@ impl IsolateState {
     pub fn release_deferred_locks(&self) {
         let locks = std::mem::take(&mut *self.deferred_locks.borrow_mut());
         drop(locks);
+    }
+
+    /// A JS slice starts at thread CPU time `t0`.
+    pub fn begin_slice(&self, t0: Duration) {
+        self.slice_start.set(Some(t0));
+        self.slice_settled.set(Duration::ZERO);
+    }
+
+    /// The slice ended after `dt`: what of it is still to [`charge`](Self::charge).
+    pub fn end_slice(&self, dt: Duration) -> Duration {
+        self.slice_start.set(None);
+        dt.saturating_sub(self.slice_settled.replace(Duration::ZERO))
+    }
+
+    /// An event finishing inside the running slice (a handler that answered without awaiting)
+    /// would leave before the slice is charged: it takes the slice's CPU so far with it.
+    pub fn settle_in_slice(&self, f: &mut InFlight) {
+        if let Some(start) = self.slice_start.get() {
+            let used = crate::cpu::thread_cpu_now().saturating_sub(start);
+            f.cpu += used.saturating_sub(self.slice_settled.get());
+            self.slice_settled.set(used);
+        }
     }
 
     /// The worst-off event's remaining CPU budget.
