@@ -419,6 +419,41 @@ mod tests {
     }
 
     #[test]
+    fn ops_flags_and_do_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "cinder",
+            "dev",
+            "--admin",
+            "127.0.0.1:9787",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Dev(d) = cli.command else {
+            panic!("not dev")
+        };
+        assert_eq!(d.admin, Some("127.0.0.1:9787".parse().unwrap()));
+        assert!(Cli::try_parse_from(["cinder", "dev", "--admin", "9787"]).is_err());
+
+        let cli =
+            Cli::try_parse_from(["cinder", "do", "list", "--state", "st", "Counter"]).unwrap();
+        let Command::Do(DoCommand::List(l)) = cli.command else {
+            panic!("not do list")
+        };
+        assert_eq!(l.state, PathBuf::from("st"));
+        assert_eq!(l.namespace.as_deref(), Some("Counter"));
+        let cli =
+            Cli::try_parse_from(["cinder", "do", "get", "--persist-to", "st", "C", "ab", "k"])
+                .unwrap();
+        let Command::Do(DoCommand::Get(g)) = cli.command else {
+            panic!("not do get")
+        };
+        assert_eq!((g.namespace.as_str(), g.id.as_str()), ("C", "ab"));
+        assert_eq!(g.key.as_deref(), Some("k"));
+    }
+
+    #[test]
     fn s3_flags_parse_and_credentials_need_the_port() {
         let cli = Cli::try_parse_from([
             "cinder",
