@@ -140,9 +140,60 @@ pub(crate) struct Executor {
     cfg: Arc<RuntimeConfig>,
     namespaces: Arc<HashMap<String, Arc<NamespaceEntry>>>,
     live: Arc<AtomicUsize>,
+    queued: Arc<AtomicUsize>,
     objects: RefCell<HashMap<[u8; 32], Rc<Slot>>>,
     alarms: Rc<AlarmScheduler>,
     serial: Cell<u64>,
+}
+
+/// Node-wide gauges the executor threads keep up to date (read by [`crate::Runtime`]).
+pub(crate) struct Counters {
+    pub(crate) live: Arc<AtomicUsize>,
+    pub(crate) queued: Arc<AtomicUsize>,
+}
+
+/// One object's events not yet delivered, FIFO, counted in the node-wide `queued` gauge (a
+/// slot dropped with events still queued takes them off the gauge).
+struct EventQueue {
+    items: VecDeque<Envelope>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl EventQueue {
+    fn new(queued: Arc<AtomicUsize>) -> EventQueue {
+        EventQueue {
+            items: VecDeque::new(),
+            queued,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn push_back(&mut self, env: Envelope) {
+        self.queued.fetch_add(1, AtomicOrdering::Relaxed);
+        self.items.push_back(env);
+    }
+
+    fn pop_front(&mut self) -> Option<Envelope> {
+        let env = self.items.pop_front();
+        if env.is_some() {
+            self.queued.fetch_sub(1, AtomicOrdering::Relaxed);
+        }
+        env
+    }
+}
+
+impl Drop for EventQueue {
+    fn drop(&mut self) {
+        self.queued
+            .fetch_sub(self.items.len(), AtomicOrdering::Relaxed);
+    }
 }
 
 /// Body of executor thread `index`.
@@ -153,7 +204,7 @@ pub(crate) fn run_thread(
     store: Arc<Store>,
     cfg: Arc<RuntimeConfig>,
     namespaces: Arc<HashMap<String, Arc<NamespaceEntry>>>,
-    live: Arc<AtomicUsize>,
+    counters: Counters,
 ) {
     ON_EXECUTOR.with(|c| c.set(true));
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -176,7 +227,8 @@ pub(crate) fn run_thread(
             store,
             cfg,
             namespaces,
-            live,
+            live: counters.live,
+            queued: counters.queued,
             objects: RefCell::new(HashMap::new()),
             alarms: Rc::new(AlarmScheduler::default()),
             serial: Cell::new(0),
@@ -242,7 +294,7 @@ impl Executor {
                         ns: env.ns.clone(),
                         cfg: self.cfg.clone(),
                         store: self.store.clone(),
-                        queue: RefCell::new(VecDeque::new()),
+                        queue: RefCell::new(EventQueue::new(self.queued.clone())),
                         wake: Notify::new(),
                         instance: RefCell::new(None),
                         exec: Rc::downgrade(self),
@@ -312,7 +364,7 @@ pub(crate) struct Slot {
     pub(crate) ns: Arc<NamespaceEntry>,
     pub(crate) cfg: Arc<RuntimeConfig>,
     pub(crate) store: Arc<Store>,
-    queue: RefCell<VecDeque<Envelope>>,
+    queue: RefCell<EventQueue>,
     pub(crate) wake: Notify,
     instance: RefCell<Option<Rc<Instance>>>,
     exec: Weak<Executor>,

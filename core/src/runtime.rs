@@ -137,6 +137,8 @@ struct Shared {
     ring: ExecutorRing,
     namespaces: Arc<HashMap<String, Arc<NamespaceEntry>>>,
     live: Arc<AtomicUsize>,
+    /// Events waiting in objects' queues, over all executor threads.
+    queued: Arc<AtomicUsize>,
 }
 
 impl Drop for Shared {
@@ -200,17 +202,21 @@ impl Runtime {
         }
         let cfg = Arc::new(cfg);
         let live = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::new(AtomicUsize::new(0));
         let mut senders = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
         for (index, alarms) in alarms.into_iter().enumerate() {
             let (tx, rx) = mpsc::unbounded_channel();
             let _ = tx.send(Command::LoadAlarms(alarms));
-            let (store, cfg, namespaces, live) =
-                (store.clone(), cfg.clone(), namespaces.clone(), live.clone());
+            let (store, cfg, namespaces) = (store.clone(), cfg.clone(), namespaces.clone());
+            let counters = executor::Counters {
+                live: live.clone(),
+                queued: queued.clone(),
+            };
             let handle = std::thread::Builder::new()
                 .name(format!("cinder-exec-{index}"))
                 .spawn(move || {
-                    executor::run_thread(runtime_id, index, rx, store, cfg, namespaces, live)
+                    executor::run_thread(runtime_id, index, rx, store, cfg, namespaces, counters)
                 });
             match handle {
                 Ok(h) => {
@@ -233,6 +239,7 @@ impl Runtime {
                 ring,
                 namespaces,
                 live,
+                queued,
             }),
         })
     }
@@ -251,6 +258,12 @@ impl Runtime {
     /// benchmarks, eviction checks).
     pub fn live_objects(&self) -> usize {
         self.shared.live.load(Ordering::Relaxed)
+    }
+
+    /// Events queued for objects and not yet delivered to them, over all executor threads
+    /// (metrics).
+    pub fn queued_events(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed)
     }
 
     /// Number of executor threads.

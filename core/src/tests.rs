@@ -582,6 +582,8 @@ async fn a_full_queue_answers_overloaded_and_errors_are_remote() {
     // The gate is closed: two events fit in the queue, the third is refused at once.
     let (a, b, c) = tokio::join!(text(&stub, "/a"), text(&stub, "/b"), async {
         let r = text(&stub, "/c").await;
+        // The node-wide gauge sees the two queued events (the refused one never queued).
+        assert_eq!(rt.queued_events(), 2);
         // Only now let the queue drain, so /a and /b were surely queued before /c.
         release_tx.send(()).unwrap();
         r
@@ -598,6 +600,7 @@ async fn a_full_queue_answers_overloaded_and_errors_are_remote() {
         within("blocker", blocker).await.unwrap().unwrap(),
         "unblocked"
     );
+    assert_eq!(rt.queued_events(), 0);
 
     let err = text(&stub, "/throw").await.unwrap_err();
     assert!(err.is_remote() && !err.is_overloaded());

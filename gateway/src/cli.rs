@@ -1,10 +1,10 @@
 //! The command line: `cinder dev` (wrangler-compatible flags), `cinder d1` (like
 //! `wrangler d1 … --local`) and `cinder serve`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +28,17 @@ Run `cinder dev --help` for every option."
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log line format on stderr: `text` for people, `json` (one object per line) for log
+    /// shippers.
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 // Parsed once per process: the size difference between the variants costs nothing.
@@ -44,6 +55,76 @@ pub enum Command {
     /// changed code without dropping requests.
     #[command(after_long_help = SERVE_HELP)]
     Serve(ServeArgs),
+    /// Inspect the Durable Objects stored in a state directory (read-only; works while a node
+    /// runs on it).
+    #[command(subcommand)]
+    Do(DoCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DoCommand {
+    /// Namespaces and object ids, with the keys and bytes each object stores.
+    #[command(after_long_help = DO_HELP)]
+    List(DoListArgs),
+    /// An object's stored values (all of them, or one KEY), decoded to JSON.
+    #[command(after_long_help = DO_HELP)]
+    Get(DoGetArgs),
+}
+
+const DO_HELP: &str = "Examples:\n  \
+  cinder do list --state .cinder/state\n  \
+  cinder do list --state .cinder/state Counter --json\n  \
+  cinder do get --state .cinder/state Counter 4f0c…e1 count\n\n\
+NAMESPACE is a class name (or worker/Class when several workers have the class). Values that \
+JSON cannot express are tagged: {\"$type\": \"Date\", \"value\": …}, Map, Set, BigInt, \
+ArrayBuffer and typed arrays (base64); anything else is shown as base64 with its V8 tag.";
+
+#[derive(Debug, Args)]
+pub struct DoListArgs {
+    /// State directory, as given to `cinder dev --persist-to` [default: .cinder/state].
+    #[arg(
+        long,
+        visible_alias = "persist-to",
+        value_name = "DIR",
+        default_value = ".cinder/state"
+    )]
+    pub state: PathBuf,
+
+    /// Only this namespace (a class name, or worker/Class).
+    #[arg(value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Also list the objects of the node's own services (KV, R2, D1, queues).
+    #[arg(long)]
+    pub all: bool,
+
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoGetArgs {
+    /// State directory, as given to `cinder dev --persist-to` [default: .cinder/state].
+    #[arg(
+        long,
+        visible_alias = "persist-to",
+        value_name = "DIR",
+        default_value = ".cinder/state"
+    )]
+    pub state: PathBuf,
+
+    /// The namespace: a class name, or worker/Class.
+    #[arg(value_name = "NAMESPACE")]
+    pub namespace: String,
+
+    /// The object id (64 hex digits, as `id.toString()` gives it).
+    #[arg(value_name = "ID")]
+    pub id: String,
+
+    /// One key; without it, every key of the object.
+    #[arg(value_name = "KEY")]
+    pub key: Option<String>,
 }
 
 /// `cinder d1 …`: against the same state as `cinder dev --persist-to` (which must not be
@@ -211,6 +292,11 @@ pub struct DevArgs {
     #[arg(long, value_name = "MS")]
     pub hibernate_after_ms: Option<u64>,
 
+    /// Serve `/metrics` (Prometheus) and `/healthz` on this address, e.g. 127.0.0.1:9787.
+    /// Off unless given; never served on the worker's own listener.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+
     /// Extra string var for the primary worker, as KEY:VALUE (repeatable).
     #[arg(long = "var", value_name = "KEY:VALUE", value_parser = parse_var)]
     pub vars: Vec<(String, String)>,
@@ -272,6 +358,11 @@ pub struct ServeArgs {
     /// Address to listen on [default: `[node] listen`, else 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
+
+    /// Serve `/metrics` (Prometheus) and `/healthz` on this address, never on the public one
+    /// [default: `[node] admin`, else off].
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 #[cfg(test)]
@@ -357,6 +448,41 @@ mod tests {
         assert_eq!(d.vars, vec![("A".to_string(), "b:c".to_string())]);
         assert_eq!(d.s3_port, None);
         assert_eq!(d.s3_access_key_id, DEFAULT_S3_ACCESS_KEY_ID);
+    }
+
+    #[test]
+    fn ops_flags_and_do_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "cinder",
+            "dev",
+            "--admin",
+            "127.0.0.1:9787",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Dev(d) = cli.command else {
+            panic!("not dev")
+        };
+        assert_eq!(d.admin, Some("127.0.0.1:9787".parse().unwrap()));
+        assert!(Cli::try_parse_from(["cinder", "dev", "--admin", "9787"]).is_err());
+
+        let cli =
+            Cli::try_parse_from(["cinder", "do", "list", "--state", "st", "Counter"]).unwrap();
+        let Command::Do(DoCommand::List(l)) = cli.command else {
+            panic!("not do list")
+        };
+        assert_eq!(l.state, PathBuf::from("st"));
+        assert_eq!(l.namespace.as_deref(), Some("Counter"));
+        let cli =
+            Cli::try_parse_from(["cinder", "do", "get", "--persist-to", "st", "C", "ab", "k"])
+                .unwrap();
+        let Command::Do(DoCommand::Get(g)) = cli.command else {
+            panic!("not do get")
+        };
+        assert_eq!((g.namespace.as_str(), g.id.as_str()), ("C", "ab"));
+        assert_eq!(g.key.as_deref(), Some("k"));
     }
 
     #[test]

@@ -18,12 +18,14 @@ use std::time::Duration;
 
 use clap::Parser;
 
+mod admin;
 mod bundle;
 mod cli;
 mod config;
 mod cron;
 mod d1cmd;
 mod devvars;
+mod docmd;
 mod jsonc;
 mod listener;
 mod migrations;
@@ -32,9 +34,10 @@ mod routes;
 mod run;
 mod serve;
 mod server;
+mod v8wire;
 mod websocket;
 
-use cli::{Cli, Command, DevArgs};
+use cli::{Cli, Command, DevArgs, LogFormat};
 use config::WorkerConfig;
 
 /// wrangler dev's default port.
@@ -42,14 +45,18 @@ const DEFAULT_PORT: u16 = 8787;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `cinder d1` prints wrangler's output; the engine's logs would only be noise there.
-    init_tracing(if matches!(cli.command, Command::D1(_)) {
-        "error"
-    } else {
-        "info,fjall=warn,lsm_tree=warn"
-    });
+    // `cinder d1` and `cinder do` print results; the engine's logs would only be noise there.
+    init_tracing(
+        if matches!(cli.command, Command::D1(_) | Command::Do(_)) {
+            "error"
+        } else {
+            "info,fjall=warn,lsm_tree=warn"
+        },
+        cli.log_format,
+    );
     match cli.command {
         Command::D1(cmd) => d1cmd::run(cmd),
+        Command::Do(cmd) => docmd::run(cmd),
         Command::Serve(args) => block_on(serve::serve(args)),
         Command::Dev(args) => block_on(dev(args)),
     }
@@ -77,15 +84,27 @@ fn block_on(node: impl std::future::Future<Output = Result<(), String>>) -> Exit
     }
 }
 
-fn init_tracing(default_filter: &str) {
+fn init_tracing(default_filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .init(),
+        // One JSON object per line, the event's fields at the top level next to `timestamp`,
+        // `level`, `target` and `message`: what log shippers index without configuration.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_ansi(false)
+            .init(),
+    }
 }
 
 /// Reads the configs named on the command line: the positional target first, then each
@@ -184,6 +203,7 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         max_body_mb: args.max_body_mb,
         max_connections: args.max_connections,
         kv_clock_offset_ms: args.kv_clock_offset.saturating_mul(1000),
+        admin: args.admin,
         s3: args.s3_port.map(|port| run::S3Plan {
             listen: SocketAddr::new(ip, port),
             access_key_id: args.s3_access_key_id.clone(),

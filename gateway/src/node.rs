@@ -37,6 +37,8 @@ pub struct NodeConfig {
     pub max_body_mb: u64,
     pub max_connections: usize,
     pub hibernate_after_ms: Option<u64>,
+    /// Where `/metrics` and `/healthz` are served.
+    pub admin: Option<SocketAddr>,
     pub projects: Vec<ProjectEntry>,
     pub warnings: Vec<String>,
 }
@@ -70,6 +72,7 @@ struct RawNodeSection {
     max_body_mb: Option<u64>,
     max_connections: Option<usize>,
     hibernate_after_ms: Option<u64>,
+    admin: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +137,14 @@ fn parse(path: &Path, text: &str) -> Result<NodeConfig, ConfigError> {
             )))
         }
     };
+    let admin = match node.admin.as_deref() {
+        None => None,
+        Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+            invalid(format!(
+                "[node] admin = {text:?} is not an address like \"127.0.0.1:9787\""
+            ))
+        })?),
+    };
     if raw.project.is_empty() {
         return Err(invalid(
             "no [[project]]: add one per wrangler project, e.g. [[project]] path = \"../shop\""
@@ -159,6 +170,7 @@ fn parse(path: &Path, text: &str) -> Result<NodeConfig, ConfigError> {
         max_body_mb: node.max_body_mb.unwrap_or(100),
         max_connections: node.max_connections.unwrap_or(10_000),
         hibernate_after_ms: node.hibernate_after_ms,
+        admin,
         projects,
         warnings,
     })

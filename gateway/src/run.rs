@@ -14,7 +14,7 @@ use cinder_stateless::{Durability, Host, HostConfig, DEFAULT_HEAP_LIMIT_BYTES};
 use tokio::sync::watch;
 
 use crate::config::WorkerConfig;
-use crate::{bundle, cron, listener, migrations, server};
+use crate::{admin, bundle, cron, listener, migrations, server};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -33,6 +33,8 @@ pub struct Plan {
     pub max_connections: usize,
     /// Test knob (`cinder dev --kv-clock-offset`): KV's clock runs this far ahead.
     pub kv_clock_offset_ms: i64,
+    /// Where `/metrics` and `/healthz` are served (never the public listener).
+    pub admin: Option<SocketAddr>,
     pub s3: Option<S3Plan>,
     pub dispatch: server::Dispatch,
     /// The cron pattern `/cdn-cgi/handler/scheduled` uses when it names none.
@@ -103,6 +105,7 @@ pub async fn run(plan: Plan) -> Result<(), String> {
         max_body_mb,
         max_connections,
         kv_clock_offset_ms,
+        admin,
         s3,
         dispatch,
         default_cron,
@@ -115,6 +118,15 @@ pub async fn run(plan: Plan) -> Result<(), String> {
     let local_addr = listener
         .local_addr()
         .map_err(|e| format!("could not read the listening address: {e}"))?;
+    // The admin listener is its own socket: metrics never leak onto the public address.
+    let admin_listener = match admin {
+        None => None,
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("could not listen on {addr} for the admin endpoint: {e}"))?,
+        ),
+    };
     let s3_listener = match &s3 {
         None => None,
         Some(p) => Some(
@@ -161,9 +173,30 @@ pub async fn run(plan: Plan) -> Result<(), String> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut crons = cron::spawn_all(&host, triggers, stop_rx.clone());
 
+    let mut metrics = None;
+    let mut admin_server = None;
+    if let Some(listener) = admin_listener {
+        let m = Arc::new(admin::Metrics::new(host.clone()));
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("could not read the admin listening address: {e}"))?;
+        let router = admin::router(m.clone());
+        let mut stop = stop_rx.clone();
+        admin_server = Some(tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+        metrics = Some(m);
+        println!("Admin (/metrics, /healthz) on http://{addr}");
+    }
+
     let front = Arc::new(server::Front {
         host: host.clone(),
         dispatch,
+        metrics,
         default_cron,
         test_scheduled,
         local_addr,
@@ -248,6 +281,11 @@ pub async fn run(plan: Plan) -> Result<(), String> {
             Err(_) => tracing::warn!("S3 requests still running at exit"),
             Ok(Ok(Ok(()))) => {}
         }
+    }
+    if let Some(admin) = admin_server {
+        // A scraper holding a keep-alive connection must not stall exit.
+        admin.abort();
+        let _ = admin.await;
     }
     if let Some(r) = reloader {
         // A redeploy in progress finishes or is cut here; either way the engine stops next.

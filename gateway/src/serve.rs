@@ -88,6 +88,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         max_body_mb: node.max_body_mb,
         max_connections: node.max_connections,
         kv_clock_offset_ms: 0,
+        admin: args.admin.or(node.admin),
         s3: None,
         dispatch: Dispatch::Routes(std::sync::RwLock::new(Arc::new(table))),
         default_cron: String::new(),

@@ -37,6 +37,8 @@ pub struct Front {
     pub local_addr: SocketAddr,
     /// Largest request body passed on (`--max-body-mb`).
     pub max_body_bytes: u64,
+    /// Counts answered requests when the admin endpoint serves metrics.
+    pub metrics: Option<Arc<crate::admin::Metrics>>,
 }
 
 pub fn router(front: Arc<Front>) -> Router {
@@ -46,7 +48,22 @@ pub fn router(front: Arc<Front>) -> Router {
 async fn handle(
     State(front): State<Arc<Front>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request<Body>,
+) -> Response<Body> {
+    // Which worker the request went to, for the metrics ("" when none did: no route).
+    let mut worker = String::new();
+    let resp = answer(&front, peer, req, &mut worker).await;
+    if let Some(m) = &front.metrics {
+        m.request(&worker, resp.status());
+    }
+    resp
+}
+
+async fn answer(
+    front: &Front,
+    peer: SocketAddr,
     mut req: Request<Body>,
+    chosen: &mut String,
 ) -> Response<Body> {
     let path = req.uri().path();
     // `/cdn-cgi/handler/scheduled` is what current wrangler serves; `/__scheduled` is the
@@ -54,7 +71,8 @@ async fn handle(
     if let Dispatch::Primary(primary) = &front.dispatch {
         if path == "/cdn-cgi/handler/scheduled" || (front.test_scheduled && path == "/__scheduled")
         {
-            return scheduled(&front, primary, req.uri()).await;
+            chosen.clone_from(primary);
+            return scheduled(front, primary, req.uri()).await;
         }
     }
     match absolute_uri(&req, front.local_addr) {
@@ -68,6 +86,7 @@ async fn handle(
             Err(resp) => return resp,
         },
     };
+    chosen.clone_from(&worker);
     if let Ok(ip) = HeaderValue::from_str(&peer.ip().to_string()) {
         // Cloudflare sets this on every request; workers read it for the client address.
         req.headers_mut().insert("cf-connecting-ip", ip);

@@ -167,6 +167,9 @@ impl ActorFactory for JsClassFactory {
             iso.state.dead_objects.borrow_mut().push(handle);
             return Err(e);
         }
+        if let Some(host) = iso.state.worker.host() {
+            host.sockets.mark_awake(&id_for_actor);
+        }
         Ok(Box::new(JsActor {
             iso: Rc::downgrade(&iso),
             handle,
@@ -208,7 +211,11 @@ impl Drop for JsActor {
         // inside an op (a reset), where JS cannot be entered.
         iso.state.objects.borrow_mut().remove(&self.handle);
         iso.state.dead_objects.borrow_mut().push(self.handle);
-        if !self.evicted.get() {
+        if self.evicted.get() {
+            if let Some(host) = iso.state.worker.host() {
+                host.sockets.mark_hibernated(&self.id);
+            }
+        } else {
             // A reset (not hibernation): the object's WebSockets close with it, as on
             // Cloudflare.
             if let Some(host) = iso.state.worker.host() {

@@ -18,6 +18,7 @@ use crate::event::{error_response, Event};
 use crate::isolate::WorkerShared;
 use crate::loader::Rules;
 use crate::state::WorkerCtx;
+use crate::stats::{EngineStats, NodeStats};
 use crate::thread::{self, Ready};
 use crate::{Body, HostConfig, HostError, LoadError, DEFAULT_CPU_MS, DEFAULT_HEAP_LIMIT_BYTES};
 
@@ -59,6 +60,10 @@ pub(crate) struct HostInner {
     cell: Arc<OnceLock<std::sync::Weak<HostInner>>>,
     /// This node's Cache API storage (`caches`), under `<state_dir>/cache`.
     pub(crate) cache: cinder_cache::CacheStorage,
+    /// Figures of the isolates, for [`Host::stats`].
+    stats: Arc<EngineStats>,
+    /// The group committer's figures, for [`Host::stats`].
+    commit_stats: Arc<cinder_storage::stats::CommitStats>,
 }
 
 /// The isolate holding an exported value.
@@ -105,6 +110,7 @@ fn binding_key(
 fn prepare(
     cfg: &HostConfig,
     host: &Arc<OnceLock<std::sync::Weak<HostInner>>>,
+    stats: &Arc<EngineStats>,
 ) -> Result<Vec<Arc<WorkerShared>>, LoadError> {
     let mut seen = HashMap::new();
     let mut out = Vec::new();
@@ -177,6 +183,7 @@ fn prepare(
                 allow_private_fetch: cfg.allow_private_fetch,
                 module_data: Default::default(),
                 do_namespaces,
+                stats: stats.clone(),
             }),
             rules: Arc::new(rules),
             root,
@@ -308,7 +315,8 @@ impl Host {
     /// serving.
     pub fn start(cfg: HostConfig) -> Result<Host, LoadError> {
         let host_cell: Arc<OnceLock<std::sync::Weak<HostInner>>> = Arc::new(OnceLock::new());
-        let workers = Arc::new(prepare(&cfg, &host_cell)?);
+        let stats = Arc::new(EngineStats::default());
+        let workers = Arc::new(prepare(&cfg, &host_cell, &stats)?);
         crate::snapshot::get().map_err(LoadError::Thread)?;
         let threads = if cfg.threads == 0 {
             std::thread::available_parallelism()
@@ -337,6 +345,7 @@ impl Host {
             },
         )
         .map_err(|e| LoadError::Thread(format!("opening {}: {e}", store_dir.display())))?;
+        let commit_stats = store.commit_stats();
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
         let start_workers = workers.clone();
@@ -443,6 +452,8 @@ impl Host {
             config: tokio::sync::Mutex::new(cfg.clone()),
             cell: host_cell.clone(),
             cache,
+            stats,
+            commit_stats,
         });
         let _ = host_cell.set(Arc::downgrade(&inner));
         // Consumers start last: a batch delivered at once needs the host to dispatch it.
@@ -566,7 +577,7 @@ impl Host {
         }
         let mut next = config.clone();
         next.workers[at] = spec.clone();
-        let shared = prepare(&next, &self.inner.cell)?
+        let shared = prepare(&next, &self.inner.cell, &self.inner.stats)?
             .into_iter()
             .find(|w| w.ctx.spec.name == spec.name)
             .ok_or_else(|| err("the new version was not prepared".into()))?;
@@ -604,6 +615,22 @@ impl Host {
         *config = next;
         tracing::info!(worker = %spec.name, "new version deployed");
         Ok(())
+    }
+
+    /// The node's figures now (for `/metrics`): cheap, lock-light reads of counters.
+    pub fn stats(&self) -> NodeStats {
+        let i = &self.inner;
+        NodeStats {
+            isolates: i.stats.isolates.load(Ordering::Relaxed),
+            live_objects: i.runtime.live_objects(),
+            hibernated_objects: i.sockets.hibernated_count(),
+            queued_events: i.runtime.queued_events(),
+            open_websockets: i.sockets.count(),
+            event_cpu_ms: i.stats.event_cpu_ms.snapshot(),
+            commit_seconds: i.commit_stats.commit_latency.snapshot(),
+            batches_per_group: i.commit_stats.batches_per_group.snapshot(),
+            fsync_seconds: i.commit_stats.fsync_latency.snapshot(),
+        }
     }
 
     /// Stops taking events, lets in-flight ones finish (bounded), and ends the threads.

@@ -215,6 +215,12 @@ pub(crate) struct Isolate {
     cpu_limit: Duration,
 }
 
+impl Drop for Isolate {
+    fn drop(&mut self) {
+        self.state.worker.stats.isolate_dropped();
+    }
+}
+
 /// `entry` kinds (the bootstrap's `cinder.entry`).
 const ENTRY_OBJECT_EVENT: i32 = 1;
 const ENTRY_STATELESS_EVENT: i32 = 2;
@@ -275,6 +281,7 @@ impl Isolate {
             });
         }
         let entry = loaded?;
+        w.ctx.stats.isolate_loaded();
         Ok(Rc::new(Isolate {
             rt: RefCell::new(runtime),
             state,
@@ -357,6 +364,14 @@ impl Isolate {
     fn settle_stuck_events(&self) {
         let stuck: Vec<_> = self.state.inflight.borrow_mut().drain().collect();
         for (_, f) in stuck {
+            let status = match &f.reply {
+                Reply::Fetch(Some(_)) => Some(500),
+                _ => None,
+            };
+            self.state
+                .worker
+                .stats
+                .event_finished(&self.state.worker.spec.name, &f, status);
             let answered = match f.reply {
                 Reply::Fetch(Some(s)) => {
                     let _ = s.send(crate::event::error_response(500, NEVER_RESPONDS));
@@ -406,6 +421,7 @@ impl Isolate {
             };
             let budget = self.state.cpu_remaining(self.cpu_limit);
             let t0 = cpu::thread_cpu_now();
+            self.state.begin_slice(t0);
             self.slot.arm(rt.handle.clone(), budget);
             let isolate = isolate_ptr(&mut rt.rt);
             // SAFETY: see `Entered`; paired with the exit below, same thread, same poll.
@@ -417,8 +433,10 @@ impl Isolate {
             let heap_hit = rt.heap_hit.load(Ordering::SeqCst);
             drop(rt);
             let touched = std::mem::take(&mut *self.state.touched.borrow_mut());
-            self.state
-                .charge(cpu::thread_cpu_now().saturating_sub(t0), &touched, fired);
+            let dt = self
+                .state
+                .end_slice(cpu::thread_cpu_now().saturating_sub(t0));
+            self.state.charge(dt, &touched, fired);
             self.state.release_deferred_locks();
             if heap_hit {
                 return Poll::Ready(Err(Stop::MemoryLimit));
@@ -476,14 +494,9 @@ impl Isolate {
                 } => request_id.clone(),
                 _ => String::new(),
             };
-            st.inflight.borrow_mut().insert(
-                eid,
-                InFlight {
-                    request_id,
-                    reply: Reply::Object(Some(tx)),
-                    cpu: Duration::ZERO,
-                },
-            );
+            st.inflight
+                .borrow_mut()
+                .insert(eid, InFlight::new(request_id, Reply::Object(Some(tx))));
         }
         st.pending_events.borrow_mut().insert(eid, event);
         let result = self.call_entry(ENTRY_OBJECT_EVENT, eid);
@@ -507,6 +520,7 @@ impl Isolate {
             .map_err(|_| ActorError::new("internal error: re-entrant call into an isolate"))?;
         let budget = self.state.cpu_remaining(self.cpu_limit);
         let t0 = cpu::thread_cpu_now();
+        self.state.begin_slice(t0);
         self.slot.arm(rt.handle.clone(), budget);
         let isolate = isolate_ptr(&mut rt.rt);
         // SAFETY: as in `run`: enter and exit are paired within this synchronous call.
@@ -546,8 +560,10 @@ impl Isolate {
         drop(rt);
         let mut touched = std::mem::take(&mut *self.state.touched.borrow_mut());
         touched.push(id);
-        self.state
-            .charge(cpu::thread_cpu_now().saturating_sub(t0), &touched, fired);
+        let dt = self
+            .state
+            .end_slice(cpu::thread_cpu_now().saturating_sub(t0));
+        self.state.charge(dt, &touched, fired);
         self.state.release_deferred_locks();
         self.state.wake_driver();
         if heap_hit || fired {

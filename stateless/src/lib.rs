@@ -79,6 +79,7 @@ mod queues;
 mod snapshot;
 mod sql_memory;
 mod state;
+mod stats;
 mod thread;
 mod websocket;
 mod ws_delivery;
@@ -87,6 +88,7 @@ pub use cinder_storage::Durability;
 pub use host::Host;
 pub use loader::{default_rules, module_kind_for};
 pub use netguard::{is_internal as is_internal_address, ALLOW_FLAG};
+pub use stats::NodeStats;
 pub use websocket::{Incoming as WsIncoming, SocketLink, WsHandoff};
 pub use ws_delivery::{config as websocket_config, pump as websocket_pump};
 

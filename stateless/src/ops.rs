@@ -174,14 +174,9 @@ pub(crate) fn admit(st: &IsolateState, event: Event) -> u32 {
             (request_id, Reply::Scheduled(Some(reply)), ev)
         }
     };
-    st.inflight.borrow_mut().insert(
-        id,
-        InFlight {
-            request_id,
-            reply,
-            cpu: Default::default(),
-        },
-    );
+    st.inflight
+        .borrow_mut()
+        .insert(id, InFlight::new(request_id, reply));
     st.pending_stateless.borrow_mut().insert(id, ev);
     id
 }
@@ -267,6 +262,12 @@ fn op_cinder_respond(
     web_socket: f64,
 ) {
     let Some(st) = isolate(state) else { return };
+    let valid = status < 1000 && http::StatusCode::from_u16(status as u16).is_ok();
+    if let Some(f) = st.inflight.borrow_mut().get_mut(&id) {
+        if f.status.is_none() {
+            f.status = Some(if valid { status as u16 } else { 500 });
+        }
+    }
     let sender = match st.inflight.borrow_mut().get_mut(&id) {
         Some(InFlight {
             reply: Reply::Fetch(s),
@@ -330,6 +331,9 @@ fn op_cinder_respond_error(state: &mut OpState, #[smi] id: u32, #[string] _messa
         _ => None,
     };
     if let Some(s) = sender {
+        if let Some(f) = st.inflight.borrow_mut().get_mut(&id) {
+            f.status = Some(500);
+        }
         let _ = s.send(error_response(500, "Worker threw exception"));
     }
 }
@@ -339,9 +343,17 @@ fn op_cinder_event_done(state: &mut OpState, #[smi] id: u32, #[string] error: &s
     let Some(st) = isolate(state) else { return };
     st.kv_budgets.borrow_mut().remove(&id);
     st.queue_deliveries.borrow_mut().remove(&id);
-    let Some(done) = st.inflight.borrow_mut().remove(&id) else {
+    let Some(mut done) = st.inflight.borrow_mut().remove(&id) else {
         return;
     };
+    st.settle_in_slice(&mut done);
+    let status = match &done.reply {
+        Reply::Fetch(Some(_)) => Some(500),
+        _ => None,
+    };
+    st.worker
+        .stats
+        .event_finished(&st.worker.spec.name, &done, status);
     match done.reply {
         Reply::Fetch(Some(s)) => {
             let _ = s.send(error_response(500, "Worker threw exception"));

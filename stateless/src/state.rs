@@ -36,6 +36,22 @@ pub(crate) struct InFlight {
     pub reply: Reply,
     /// Thread CPU time spent in this isolate on behalf of this event.
     pub cpu: Duration,
+    /// When the event entered the isolate (for the request log line).
+    pub started: std::time::Instant,
+    /// The status the worker answered with, once it has.
+    pub status: Option<u16>,
+}
+
+impl InFlight {
+    pub fn new(request_id: String, reply: Reply) -> InFlight {
+        InFlight {
+            request_id,
+            reply,
+            cpu: Duration::ZERO,
+            started: std::time::Instant::now(),
+            status: None,
+        }
+    }
 }
 
 /// What the ops of one worker's isolates need from the outside world.
@@ -50,6 +66,8 @@ pub(crate) struct WorkerCtx {
     /// `env.<binding>` → the core namespace (class unique key) it reaches. Ops refuse any other
     /// namespace: a script reaches only the classes it is bound to.
     pub do_namespaces: HashMap<String, String>,
+    /// Node-wide figures (isolates, CPU per event) for `/metrics`.
+    pub stats: Arc<crate::stats::EngineStats>,
 }
 
 impl WorkerCtx {
@@ -108,6 +126,10 @@ pub(crate) struct IsolateState {
     pub kv_budgets: RefCell<HashMap<u32, cinder_kv::OperationBudget>>,
     /// Queue batches handed to JS, by event id, until JS reports its decisions.
     pub queue_deliveries: RefCell<HashMap<u32, crate::queues::Delivery>>,
+    /// Thread CPU clock when the running JS slice (a poll or a synchronous entry) started.
+    slice_start: Cell<Option<Duration>>,
+    /// CPU of the running slice already charged to events that finished inside it.
+    slice_settled: Cell<Duration>,
 }
 
 impl IsolateState {
@@ -132,6 +154,8 @@ impl IsolateState {
             pending_ws: RefCell::new(HashMap::new()),
             touched: RefCell::new(Vec::new()),
             open_sockets: Cell::new(0),
+            slice_start: Cell::new(None),
+            slice_settled: Cell::new(Duration::ZERO),
             ws_send_queues: RefCell::new(HashMap::new()),
             kv_budgets: RefCell::new(HashMap::new()),
             queue_deliveries: RefCell::new(HashMap::new()),
@@ -161,6 +185,28 @@ impl IsolateState {
     pub fn release_deferred_locks(&self) {
         let locks = std::mem::take(&mut *self.deferred_locks.borrow_mut());
         drop(locks);
+    }
+
+    /// A JS slice starts at thread CPU time `t0`.
+    pub fn begin_slice(&self, t0: Duration) {
+        self.slice_start.set(Some(t0));
+        self.slice_settled.set(Duration::ZERO);
+    }
+
+    /// The slice ended after `dt`: what of it is still to [`charge`](Self::charge).
+    pub fn end_slice(&self, dt: Duration) -> Duration {
+        self.slice_start.set(None);
+        dt.saturating_sub(self.slice_settled.replace(Duration::ZERO))
+    }
+
+    /// An event finishing inside the running slice (a handler that answered without awaiting)
+    /// would leave before the slice is charged: it takes the slice's CPU so far with it.
+    pub fn settle_in_slice(&self, f: &mut InFlight) {
+        if let Some(start) = self.slice_start.get() {
+            let used = crate::cpu::thread_cpu_now().saturating_sub(start);
+            f.cpu += used.saturating_sub(self.slice_settled.get());
+            self.slice_settled.set(used);
+        }
     }
 
     /// The worst-off event's remaining CPU budget.

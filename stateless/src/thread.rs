@@ -273,6 +273,14 @@ fn fail_inflight(state: &IsolateState, stop: Stop, cpu_limit: Duration) {
                 }
             );
         }
+        let status = match &f.reply {
+            Reply::Fetch(Some(_)) => Some(503),
+            _ => None,
+        };
+        state
+            .worker
+            .stats
+            .event_finished(&state.worker.spec.name, &f, status);
         match f.reply {
             Reply::Fetch(Some(s)) => {
                 let _ = s.send(stop_response(stop, charged));

@@ -141,6 +141,9 @@ pub(crate) struct Sockets {
     next: AtomicU64,
     table: Mutex<HashMap<u64, Arc<Socket>>>,
     objects: Mutex<HashMap<ObjectId, ObjectSockets>>,
+    /// Objects evicted from memory while keeping hibernatable sockets (for `/metrics`); an
+    /// entry whose sockets have all closed since is not counted and is dropped lazily.
+    hibernated: Mutex<std::collections::HashSet<ObjectId>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -279,6 +282,25 @@ impl Sockets {
         lock(&self.objects)
             .get(object)
             .and_then(|o| o.auto_response.clone())
+    }
+
+    /// The object left memory (evicted, not reset): hibernated if it keeps sockets open.
+    pub fn mark_hibernated(&self, object: &ObjectId) {
+        if self.object_has_sockets(object) {
+            lock(&self.hibernated).insert(object.clone());
+        }
+    }
+
+    /// The object is in memory again.
+    pub fn mark_awake(&self, object: &ObjectId) {
+        lock(&self.hibernated).remove(object);
+    }
+
+    /// Objects out of memory whose hibernatable sockets are still open.
+    pub fn hibernated_count(&self) -> usize {
+        let mut hibernated = lock(&self.hibernated);
+        hibernated.retain(|id| self.object_has_sockets(id));
+        hibernated.len()
     }
 
     /// Whether an object has hibernatable sockets open.

@@ -35,6 +35,7 @@ use crate::cache::ReadCache;
 use crate::error::StorageError;
 use crate::keys::{self, ObjectId};
 use crate::overlay::InFlight;
+use crate::stats::CommitStats;
 
 /// Name of the test-only sync log inside the store directory ([`crate::StoreTuning::sync_log`]).
 pub const SYNC_LOG_FILE: &str = "cinder-sync.log";
@@ -99,6 +100,10 @@ pub(crate) struct Shared {
     queued: Condvar,
     fail_next_commit: AtomicBool,
     fail_next_sync: AtomicBool,
+    /// When each batch not yet confirmed was queued, in ticket order: the commit latency is
+    /// observed when the syncer confirms it.
+    queued_at: Mutex<VecDeque<(u64, Instant)>>,
+    pub(crate) stats: Arc<CommitStats>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -172,6 +177,8 @@ impl Committer {
             queued: Condvar::new(),
             fail_next_commit: AtomicBool::new(false),
             fail_next_sync: AtomicBool::new(false),
+            queued_at: Mutex::new(VecDeque::new()),
+            stats: Arc::new(CommitStats::default()),
         });
         // Fail at open, not at the first commit, if fjall's journal files are not where this
         // module expects them (a layout change in a later fjall release).
@@ -214,6 +221,8 @@ impl Committer {
         q.tickets += 1;
         let ticket = q.tickets;
         q.jobs.push_back(Job { ticket, id, batch });
+        // Under the queue lock, so the times stay in ticket order.
+        lock(&self.shared.queued_at).push_back((ticket, Instant::now()));
         drop(q);
         self.shared.queued.notify_one();
         Commit {
@@ -256,6 +265,10 @@ impl Committer {
                 registered: None,
             },
         }
+    }
+
+    pub(crate) fn commit_stats(&self) -> Arc<CommitStats> {
+        self.shared.stats.clone()
     }
 
     pub(crate) fn stats(&self) -> SyncStats {
@@ -510,6 +523,9 @@ fn sync_loop(shared: &Shared, db: &Database, mode: PersistMode, journal: &mut Jo
             for w in woken {
                 w.wake();
             }
+            if !failed {
+                observe_confirmed(shared, durable);
+            }
             st = shared.lock();
             continue;
         }
@@ -542,12 +558,34 @@ fn sync_loop(shared: &Shared, db: &Database, mode: PersistMode, journal: &mut Jo
         if let Err(e) = &result {
             shared.fail(StorageError::Durability(e.to_string()));
         }
+        shared.stats.fsync_latency.observe_duration(took);
         st = shared.lock();
         st.syncs += 1;
         st.sync_time += took;
         if result.is_ok() {
+            shared
+                .stats
+                .batches_per_group
+                .observe(target.saturating_sub(st.synced) as f64);
             st.synced = target;
         }
+    }
+}
+
+/// Observes the commit latency of every batch up to ticket `durable`, now confirmed.
+fn observe_confirmed(shared: &Shared, durable: u64) {
+    let now = Instant::now();
+    let mut times = lock(&shared.queued_at);
+    while let Some(&(ticket, at)) = times.front() {
+        if ticket > durable {
+            break;
+        }
+        times.pop_front();
+        shared
+            .stats
+            .commit_latency
+            .observe_duration(now.saturating_duration_since(at));
+        shared.stats.batches.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -9,7 +9,8 @@
 //! from memory or hands back the disk part ([`Prepared`]). Alarms live in their own keyspace
 //! (`alarm.rs`); a bounded node-wide cache answers recent reads (`cache.rs`). After a failed
 //! commit or fsync the store fails closed ([`commit`]). [`power_loss`] lets tests cut the
-//! journals back to what the last fsync covered.
+//! journals back to what the last fsync covered. [`stats`] holds the plain-atomics figures the
+//! operator's `/metrics` reads; [`inspect`] reads a state directory offline (`cinder do`).
 //!
 //! Depends on fjall, rkyv, bytes, thiserror, tracing: no V8 and no other Cinder crate.
 
@@ -17,12 +18,14 @@ mod alarm;
 mod cache;
 pub mod commit;
 mod error;
+pub mod inspect;
 pub mod keys;
 mod limits;
 mod list;
 mod object;
 mod overlay;
 pub mod power_loss;
+pub mod stats;
 mod store;
 mod transaction;
 

@@ -245,6 +245,11 @@ impl Store {
         self.committer.stats()
     }
 
+    /// Latencies and group sizes of the group committer, live (for `/metrics`).
+    pub fn commit_stats(&self) -> Arc<crate::stats::CommitStats> {
+        self.committer.commit_stats()
+    }
+
     /// fjall-level counters (diagnostics, and proof in tests that flushes and rotations ran).
     pub fn engine_stats(&self) -> EngineStats {
         EngineStats {

@@ -18,6 +18,7 @@ mod htmlrewriter;
 mod kv;
 mod lifecycle;
 mod limits;
+mod ops;
 mod outbound;
 mod queues;
 mod r2;
