@@ -69,7 +69,7 @@ mod ops_r2;
 mod ops_rpc;
 mod ops_sql;
 mod ops_ws;
-mod snapshot;
+pub mod snapshot;
 mod sql_memory;
 mod state;
 mod thread;

@@ -105,12 +105,23 @@ impl Server {
             .map(Path::to_path_buf)
             .or_else(|| owned.as_ref().map(|t| t.path().to_path_buf()))
             .expect("a state directory");
-        let mut child = cinder()
-            .envs(env.iter().copied())
+        let mut cmd = cinder();
+        cmd.envs(env.iter().copied())
             .arg("dev")
             .args(args)
             .args(["--port", "0", "--persist-to"])
-            .arg(&state_path)
+            .arg(&state_path);
+        Server::try_spawn(cmd, owned)
+    }
+
+    /// Runs `cmd`, a command line that ends up exec'ing a `cinder dev --port 0` (through a
+    /// wrapper such as `unshare`, say), and waits for its Ready line as [`Server::start`] does.
+    /// `state` is dropped with the server.
+    pub fn try_spawn(
+        mut cmd: Command,
+        owned: Option<tempfile::TempDir>,
+    ) -> Result<Server, StartFailure> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

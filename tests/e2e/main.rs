@@ -16,6 +16,7 @@ mod hono;
 mod lifecycle;
 mod limits;
 mod outbound;
+mod portable;
 mod r2;
 mod ratelimit;
 mod rules;
