@@ -66,6 +66,18 @@ const SCRIPTS: [(&str, &str); 7] = [
 /// would otherwise set `--predictable --random-seed=42` for the whole process, and the blob is
 /// then made under the same flags as the runtimes that load it.
 pub fn create() -> Result<Box<[u8]>, SnapshotError> {
+    // V8 posts delayed tasks through deno_core onto the current tokio runtime; a build script
+    // has none, so it gets a private one for the duration.
+    let private_rt = match tokio::runtime::Handle::try_current() {
+        Ok(_) => None,
+        Err(_) => Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .map_err(|e| SnapshotError::Runtime(format!("a tokio runtime: {e}")))?,
+        ),
+    };
+    let _entered = private_rt.as_ref().map(|rt| rt.enter());
     JsRuntime::init_platform(None);
     let mut rt = JsRuntimeForSnapshot::try_new(RuntimeOptions {
         extensions: extensions(),
