@@ -84,9 +84,11 @@ fn copied_binary_serves_with_registry_and_sources_hidden() {
         "-m",
         "sh",
         "-c",
-        r#"mount -t tmpfs tmpfs "$1" && mount -t tmpfs tmpfs "$2" && mount -t tmpfs tmpfs "$3" \
-           && test -z "$(ls -A "$1" "$2" "$3")" \
-           && exec "$4" dev "$5" --port 0 --persist-to "$6""#,
+        r#"for d in "$1" "$2" "$3"; do
+             mount -t tmpfs tmpfs "$d" || exit 1
+             if [ -n "$(ls -A "$d")" ]; then echo "$d is not hidden" >&2; exit 1; fi
+           done
+           exec "$4" dev "$5" --port 0 --persist-to "$6""#,
         "sh",
     ])
     .arg(&registry)
