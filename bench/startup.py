@@ -73,6 +73,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30, help="process starts per server (default 30)")
     ap.add_argument("--no-workerd", action="store_true", help="measure cinder only")
     ap.add_argument("--cpus", default=None, help="taskset CPU list for the servers (default: no pinning)")
+    ap.add_argument("--state", choices=["kept", "fresh"], default="kept",
+                    help="cinder's --persist-to: one directory reused by every run after a first, unmeasured "
+                         "start (kept, as a restarted server), or a new empty one per run (fresh: includes "
+                         "creating the store, ~70 fsyncs)")
     args = ap.parse_args()
 
     cinder = harness.find_binary("CINDER", "cinder", args.cinder)
@@ -86,18 +90,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cinder-startup-") as t:
         tmp = Path(t)
         ctimes, wtimes = [], []
+        cinder_argv = lambda state: lambda port: [  # noqa: E731
+            str(cinder), "dev", str(PROJECT), "--ip", "127.0.0.1", "--port", str(port), "--persist-to", str(state)]
+        if args.state == "kept":
+            one_run(cinder_argv(tmp / "state"), "cinder-first", tmp, 0, args.cpus, env)
         for i in range(args.runs):
-            state = tmp / f"state-{i}"
-            ctimes.append(one_run(
-                lambda port: [str(cinder), "dev", str(PROJECT), "--ip", "127.0.0.1", "--port", str(port),
-                              "--persist-to", str(state)],
-                "cinder", tmp, i, args.cpus, env))
+            state = tmp / "state" if args.state == "kept" else tmp / f"state-{i}"
+            ctimes.append(one_run(cinder_argv(state), "cinder", tmp, i, args.cpus, env))
             if workerd is not None:
                 wtimes.append(one_run(
                     lambda port: [str(workerd), "serve", "--experimental",
                                   str(harness.workerd_config(PROJECT, port, tmp))],
                     "workerd", tmp, i, args.cpus, env))
-    print(f"process start -> first correct response (GET / = 200 {EXPECTED.decode()}), hello project")
+    print(f"process start -> first correct response (GET / = 200 {EXPECTED.decode()}), hello project, "
+          f"cinder state {args.state}")
     print(f"  cinder dev  {summary(ctimes)}   [{cinder}]")
     if wtimes:
         print(f"  workerd     {summary(wtimes)}   [{harness.WORKERD}]")
