@@ -43,7 +43,14 @@ use config::WorkerConfig;
 /// wrangler dev's default port.
 const DEFAULT_PORT: u16 = 8787;
 
+/// The startup snapshot made by `build.rs`: every isolate starts from it, and with it the
+/// binary reads nothing outside itself to start.
+static SNAPSHOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/snapshot.bin"));
+/// The op and file lists the snapshot was made with (`cinder_stateless::snapshot::fingerprint`).
+static SNAPSHOT_FINGERPRINT: &str = include_str!(concat!(env!("OUT_DIR"), "/snapshot.fingerprint"));
+
 fn main() -> ExitCode {
+    cinder_stateless::snapshot::use_prebuilt(SNAPSHOT, SNAPSHOT_FINGERPRINT);
     let cli = Cli::parse();
     // `cinder d1` and `cinder do` print results; the engine's logs would only be noise there.
     init_tracing(

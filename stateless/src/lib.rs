@@ -76,7 +76,7 @@ mod ops_rpc;
 mod ops_sql;
 mod ops_ws;
 mod queues;
-mod snapshot;
+pub mod snapshot;
 mod sql_memory;
 mod state;
 mod stats;

@@ -116,7 +116,7 @@ impl Server {
             .args(args)
             .args(["--port", "0", "--persist-to"])
             .arg(&state_path);
-        Server::launch(cmd, owned)
+        Server::try_spawn(cmd, owned)
     }
 
     /// `cinder serve --config <node_toml> --state <state> --listen 127.0.0.1:0`.
@@ -128,7 +128,7 @@ impl Server {
             .arg("--state")
             .arg(state)
             .args(["--listen", "127.0.0.1:0"]);
-        match Server::launch(cmd, None) {
+        match Server::try_spawn(cmd, None) {
             Ok(s) => s,
             Err(f) => panic!(
                 "cinder serve did not become ready (status {:?}); stderr:\n{}",
@@ -137,8 +137,13 @@ impl Server {
         }
     }
 
-    /// Spawns `cmd` and waits for its Ready line.
-    fn launch(mut cmd: Command, owned: Option<tempfile::TempDir>) -> Result<Server, StartFailure> {
+    /// Runs `cmd`, a command line that ends up exec'ing `cinder dev` or `cinder serve` with
+    /// port 0 (possibly through a wrapper such as `unshare`), and waits for its Ready line as
+    /// [`Server::start`] does. `owned` (a state directory) is dropped with the server.
+    pub fn try_spawn(
+        mut cmd: Command,
+        owned: Option<tempfile::TempDir>,
+    ) -> Result<Server, StartFailure> {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -20,6 +20,7 @@ mod lifecycle;
 mod limits;
 mod ops;
 mod outbound;
+mod portable;
 mod queues;
 mod r2;
 mod ratelimit;
