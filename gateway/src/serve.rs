@@ -141,10 +141,7 @@ impl Reload {
         let mut deployed = Vec::new();
         let mut unchanged = Vec::new();
         for entry in &node.projects {
-            let mut cfg = match node::load_project(entry) {
-                Ok(cfg) => cfg,
-                Err(e) => return Err(e.to_string()),
-            };
+            let mut cfg = node::load_project(entry).map_err(|e| e.to_string())?;
             let name = cfg.spec.name.clone();
             let Some(before) = known.get(&name).copied() else {
                 tracing::warn!(
