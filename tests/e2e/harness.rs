@@ -259,6 +259,32 @@ impl Server {
             .unwrap_or_else(|e| panic!("GET {path}: {e}\nstderr:\n{}", self.stderr()))
     }
 
+    /// Runs a fixture's conformance suite: `GET /cases` lists the case names (at least
+    /// `at_least` of them), `GET /t/<case>` runs one and answers `ok` or what went wrong; every
+    /// failing case is reported at once.
+    pub fn run_cases(&self, at_least: usize) {
+        let cases: Vec<String> =
+            serde_json::from_value(self.get_json("/cases")).expect("a list of case names");
+        assert!(cases.len() >= at_least, "{cases:?}");
+        let mut failures = Vec::new();
+        for case in &cases {
+            let resp = self.get(&format!("/t/{case}"));
+            let status = resp.status();
+            let text = resp.text().unwrap_or_default();
+            if !status.is_success() || text != "ok" {
+                failures.push(format!("{case}: {status}: {text}"));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} cases failed:\n{}\nstderr:\n{}",
+            failures.len(),
+            cases.len(),
+            failures.join("\n\n"),
+            self.stderr()
+        );
+    }
+
     pub fn get_json(&self, path: &str) -> serde_json::Value {
         let resp = self.get(path);
         let status = resp.status();

@@ -17,26 +17,7 @@ fn html_fixture() -> String {
 #[test]
 fn conformance_suite() {
     let server = Server::start(&[&html_fixture()]);
-    let cases: Vec<String> =
-        serde_json::from_value(server.get_json("/cases")).expect("a list of case names");
-    assert!(cases.len() >= 25, "{cases:?}");
-    let mut failures = Vec::new();
-    for case in &cases {
-        let resp = server.get(&format!("/t/{case}"));
-        let status = resp.status();
-        let text = resp.text().unwrap_or_default();
-        if !status.is_success() || text != "ok" {
-            failures.push(format!("{case}: {status}: {text}"));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}\nstderr:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n\n"),
-        server.stderr()
-    );
+    server.run_cases(25);
 }
 
 /// Reads from `resp` until the text read so far contains `needle`; returns that text.

@@ -13,26 +13,7 @@ fn kv_fixture() -> String {
 #[test]
 fn binding_conformance_suite() {
     let server = Server::start(&[&kv_fixture()]);
-    let cases: Vec<String> =
-        serde_json::from_value(server.get_json("/cases")).expect("a list of case names");
-    assert!(cases.len() >= 15, "{cases:?}");
-    let mut failures = Vec::new();
-    for case in &cases {
-        let resp = server.get(&format!("/t/{case}"));
-        let status = resp.status();
-        let text = resp.text().unwrap_or_default();
-        if !status.is_success() || text != "ok" {
-            failures.push(format!("{case}: {status}: {text}"));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}\nstderr:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n\n"),
-        server.stderr()
-    );
+    server.run_cases(15);
     let log = server.stderr();
     assert!(!log.contains("not supported yet"), "{log}");
 }
