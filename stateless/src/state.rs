@@ -223,7 +223,8 @@ impl IsolateState {
     /// synchronous call into JS for one event, or the events whose I/O completed in an
     /// event-loop turn); otherwise the slice is split evenly between the events in flight. The
     /// slice in which the watchdog fired is charged whole, so the event that ran out is the one
-    /// reported.
+    /// reported: to the events it ran for when known (an event parked on I/O meanwhile is a
+    /// bystander, not the culprit), else to every event in flight.
     pub fn charge(&self, dt: Duration, to: &[u32], whole: bool) {
         let mut inflight = self.inflight.borrow_mut();
         let known: Vec<u32> = to
@@ -231,7 +232,13 @@ impl IsolateState {
             .copied()
             .filter(|id| inflight.contains_key(id))
             .collect();
-        if whole {
+        if whole && !known.is_empty() {
+            for id in known {
+                if let Some(f) = inflight.get_mut(&id) {
+                    f.cpu += dt;
+                }
+            }
+        } else if whole {
             for f in inflight.values_mut() {
                 f.cpu += dt;
             }

@@ -336,6 +336,7 @@ export default {
       for (;;) { const t = Date.now(); while (Date.now() - t < 40) {} await new Promise(r => setTimeout(r, 1)); }
     }
     if (p === "/io") { await new Promise(r => setTimeout(r, 300)); return new Response("waited"); }
+    if (p === "/park") { await new Promise(r => setTimeout(r, 60000)); return new Response("parked"); }
     return new Response("fine");
   },
 };
@@ -361,6 +362,23 @@ export default {
     assert_eq!(
         text(host.fetch("bad", get("http://x/")).await).await.1,
         "fine"
+    );
+
+    // A request parked on I/O when a neighbour runs away is reset, not blamed: one thread, so
+    // the parked one entered the isolate first and both share it.
+    let (parked, looped) = tokio::join!(host.fetch("bad", get("http://x/park")), async {
+        tokio::task::yield_now().await;
+        host.fetch("bad", get("http://x/loop")).await
+    });
+    let (s, t) = text(looped).await;
+    assert_eq!((s, t.trim()), (503, "Worker exceeded CPU time limit."));
+    let (s, t) = text(parked).await;
+    assert_eq!(
+        (s, t.trim()),
+        (
+            503,
+            "Worker was reset while serving this request: another request in the same isolate exceeded the CPU time limit."
+        )
     );
 
     let (s, t) = text(host.fetch("bad", get("http://x/chunks")).await).await;
