@@ -1,11 +1,14 @@
-// Runs a Worker on Miniflare (npm `miniflare`: local D1 and KV on workerd, as `wrangler dev`
-// does) for bench/workers/miniflare_side.py.
+// Runs a Worker on Miniflare (npm `miniflare`: local D1, KV, Queues and Durable Objects on
+// workerd, as `wrangler dev` does) for bench/workers/miniflare_side.py and queues.py.
 //   node miniflare.mjs SCRIPT PORT PERSIST_DIR BINDINGS_JSON
-// BINDINGS_JSON: {"d1": {"DB": "<id>"}, "kv": {"KV": "<id>"}}
+// BINDINGS_JSON: {"d1": {"DB": "<id>"}, "kv": {"KV": "<id>"},
+//                 "queueProducers": {"JOBS": "<queue>"}, "queueConsumers": {"<queue>": {...}},
+//                 "durableObjects": {"COUNTER": "Counter"}}
 import { Miniflare } from "miniflare";
 
 const [scriptPath, port, persist, bindings] = process.argv.slice(2);
-const { d1 = {}, kv = {} } = JSON.parse(bindings);
+const { d1 = {}, kv = {}, queueProducers = {}, queueConsumers = {}, durableObjects = {} } =
+  JSON.parse(bindings);
 const mf = new Miniflare({
   modules: true,
   scriptPath,
@@ -14,6 +17,10 @@ const mf = new Miniflare({
   d1Persist: `${persist}/d1`,
   kvNamespaces: kv,
   kvPersist: `${persist}/kv`,
+  queueProducers,
+  queueConsumers,
+  durableObjects,
+  durableObjectsPersist: `${persist}/do`,
   host: "127.0.0.1",
   port: Number(port),
 });
