@@ -77,6 +77,8 @@ def main() -> None:
                     help="cinder's --persist-to: one directory reused by every run after a first, unmeasured "
                          "start (kept, as a restarted server), or a new empty one per run (fresh: includes "
                          "creating the store, ~70 fsyncs)")
+    ap.add_argument("--cinder-arg", action="append", default=[],
+                    help="an extra argument for `cinder dev` (repeatable), e.g. --cinder-arg=--threads=1")
     args = ap.parse_args()
 
     cinder = harness.find_binary("CINDER", "cinder", args.cinder)
@@ -91,7 +93,7 @@ def main() -> None:
         tmp = Path(t)
         ctimes, wtimes = [], []
         cinder_argv = lambda state: lambda port: [  # noqa: E731
-            str(cinder), "dev", str(PROJECT), "--ip", "127.0.0.1", "--port", str(port), "--persist-to", str(state)]
+            str(cinder), "dev", str(PROJECT), "--ip", "127.0.0.1", "--port", str(port), "--persist-to", str(state), *args.cinder_arg]
         if args.state == "kept":
             one_run(cinder_argv(tmp / "state"), "cinder-first", tmp, 0, args.cpus, env)
         for i in range(args.runs):

@@ -160,6 +160,25 @@ impl CacheStorage {
     pub fn open_cache(&self, name: &str) -> Cache {
         self.cache_for(format!("named-{}", entry::hash_hex(name.as_bytes())))
     }
+
+    /// [`Cache::purge_expired`] over every cache on disk, including those no worker opened
+    /// since the process started. Returns how many files were removed.
+    pub async fn purge_expired(&self) -> Result<usize, CacheError> {
+        let mut rd = match tokio::fs::read_dir(self.root.as_path()).await {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let mut removed = 0;
+        while let Some(d) = rd.next_entry().await? {
+            if !d.file_type().await?.is_dir() {
+                continue;
+            }
+            let name = d.file_name().to_string_lossy().into_owned();
+            removed += self.cache_for(name).purge_expired().await?;
+        }
+        Ok(removed)
+    }
 }
 
 struct CacheInner {

@@ -502,6 +502,41 @@ async fn entries_persist_are_replaced_whole_and_purged() {
     assert_eq!(files(dir.path()), 0);
 }
 
+#[tokio::test]
+async fn the_storage_sweep_reaches_caches_not_opened_since_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let url = "https://example.com/swept";
+    {
+        let s = storage(dir.path(), &clock);
+        for cache in [s.default_cache(), s.open_cache("a"), s.open_cache("b")] {
+            put(
+                &cache,
+                &get(url, &[]),
+                resp(200, &[("cache-control", "max-age=60")], b"short"),
+            )
+            .await;
+        }
+        put(
+            &s.open_cache("a"),
+            &get("https://example.com/kept", &[]),
+            resp(200, &[("cache-control", "max-age=3600")], b"long"),
+        )
+        .await;
+    }
+    // A new process: nothing opened yet, and nothing expired.
+    let s = storage(dir.path(), &clock);
+    assert_eq!(s.purge_expired().await.unwrap(), 0);
+    assert_eq!(walk(dir.path()).len(), 8);
+    clock.advance_ms(61_000);
+    assert_eq!(s.purge_expired().await.unwrap(), 6);
+    assert_eq!(walk(dir.path()).len(), 2, "the one-hour entry stays");
+    let kept = fetch(&s.open_cache("a"), &get("https://example.com/kept", &[]))
+        .await
+        .unwrap();
+    assert_eq!(kept.2, Bytes::from_static(b"long"));
+}
+
 fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(p).unwrap() {

@@ -1,7 +1,8 @@
 //! The Cache API (`caches.default`, `caches.open`) against the real binary: the conformance
 //! suite of tests/fixtures/cache (put/match/delete, Cache-Control, Vary, conditionals, ranges,
 //! named caches, workerd's errors), `max-age` expiry with the cache's clock moved forward
-//! through `CINDER_CACHE_CLOCK_FILE` (no sleeping), and entries surviving a restart.
+//! through `CINDER_CACHE_CLOCK_FILE` (no sleeping), entries surviving a restart, and expired
+//! entries swept from disk.
 
 use crate::harness::{fixture, Server};
 
@@ -94,5 +95,61 @@ fn entries_survive_a_restart() {
         get(&server, "/get/named").0,
         404,
         "named cache is not the default"
+    );
+}
+
+/// Files under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map_while(Result::ok)
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => files_under(&e.path()),
+                    _ => 1,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn expired_entries_are_swept_from_disk() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let clock = state.path().join("clock-offset-ms");
+    let clock_env = [(
+        "CINDER_CACHE_CLOCK_FILE",
+        clock.to_str().expect("utf-8 path"),
+    )];
+    let cache_dir = state.path().join("cache");
+    {
+        let server = Server::start_full(Some(state.path()), &[&cache_fixture()], &clock_env);
+        assert_eq!(
+            server.get("/put/short?cc=max-age%3D60").text().unwrap(),
+            "stored"
+        );
+        assert_eq!(
+            server.get("/put/long?cc=max-age%3D3600").text().unwrap(),
+            "stored"
+        );
+    }
+    assert_eq!(files_under(&cache_dir), 4, "a meta and a body per entry");
+    // A minute later the next process sweeps the expired entry away (at start, then every
+    // minute), without any request touching it.
+    std::fs::write(&clock, "61000").expect("move the clock");
+    let server = Server::start_full(Some(state.path()), &[&cache_fixture()], &clock_env);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while files_under(&cache_dir) != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired entry's files are still on disk: {} files\n{}",
+            files_under(&cache_dir),
+            server.stderr()
+        );
+        // Polling a condition the server makes true; the deadline above fails the test.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        get(&server, "/get/long"),
+        (200, "body of long".into(), "HIT".into())
     );
 }

@@ -80,7 +80,12 @@ impl Server {
 
     /// Like [`Server::start`], with extra environment variables for the process.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        match Server::try_start_full(None, args, env) {
+        Server::start_full(None, args, env)
+    }
+
+    /// [`Server::start_in`] and [`Server::start_with_env`] together.
+    pub fn start_full(state: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Server {
+        match Server::try_start_full(state, args, env) {
             Ok(s) => s,
             Err(f) => panic!(
                 "cinder dev {args:?} did not become ready (status {:?}); stderr:\n{}",
