@@ -187,18 +187,31 @@ fn the_front_door_refuses_large_bodies_and_excess_connections_with_clear_answers
         "--max-connections",
         "2",
     ]);
-    let resp = client()
-        .post(server.url("/ok"))
-        .body(vec![0u8; 1_000_001])
-        .send()
+    // A declared body over the limit is answered before any of it is read. (Sent by hand: a
+    // client still writing the body when the server answers and closes may see a broken pipe
+    // instead of the answer, which is a race in the test, not the server's behaviour.)
+    use std::io::{Read, Write};
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut big = std::net::TcpStream::connect(&addr).unwrap();
+    big.set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .unwrap();
-    assert_eq!(resp.status(), 413);
-    assert!(resp.text().unwrap().contains("the limit is 1000000 bytes"));
+    big.write_all(b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 1000001\r\n\r\n")
+        .unwrap();
+    // Up to the end of the message's text: the server need not close the connection at once.
+    let mut answer = String::new();
+    let mut buf = [0u8; 4096];
+    while !answer.contains("(--max-body-mb).") {
+        match big.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("the limit is 1000000 bytes"), "{answer}");
+    drop(big);
     assert_eq!(server.get("/ok").status(), 200);
 
     // Two idle connections hold both slots; the third is told to come back.
-    use std::io::{Read, Write};
-    let addr = server.base.trim_start_matches("http://").to_string();
     let _a = std::net::TcpStream::connect(&addr).unwrap();
     let _b = std::net::TcpStream::connect(&addr).unwrap();
     let mut c = std::net::TcpStream::connect(&addr).unwrap();
